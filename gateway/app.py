@@ -1,0 +1,230 @@
+"""The composition root: builds every part from the configuration and wires them.
+
+``Gateway.start()`` brings up, in order: the data directory, the state store
+(a private Valkey unless a Redis URL is configured), metrics, the SIP stack with
+its UDP/TCP/TLS listeners, and the transaction users (OPTIONS responder,
+registrar, B2BUA). Nothing below this module reads configuration files or
+environment variables; everything is passed down from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from gateway.config import Config
+from gateway.sip.events import (
+    AckReceived,
+    MalformedMessage,
+    RequestReceived,
+    StackEvent,
+)
+from gateway.sip.message import SipResponse, build_response
+from gateway.sip.stack import SipStack, StackConfig
+from gateway.sip.timers import TimerConfig
+from gateway.sip.uas import not_allowed, options_response, precheck
+from gateway.state.redis import connect
+from gateway.state.valkey import EmbeddedValkey
+
+log = logging.getLogger("sipgw")
+
+
+@dataclass(frozen=True)
+class Listening:
+    """One service endpoint, printed at start-up as ``listening <service> <proto> <addr>``."""
+
+    service: str
+    proto: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        h = f"[{self.host}]" if ":" in self.host else self.host
+        return f"listening {self.service} {self.proto} {h}:{self.port}"
+
+
+RequestHandler = Callable[[RequestReceived], Awaitable[SipResponse | None]]
+
+
+class Gateway:
+    """One gateway node (start/stop are idempotent)."""
+
+    def __init__(self, config: Config, reactor: Any | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        self.registry = CollectorRegistry()
+        self.valkey: EmbeddedValkey | None = None
+        self.redis: Any = None
+        self.driver: Any = None
+        self.stack: SipStack | None = None
+        self.listening: list[Listening] = []
+        self.node_id = config.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
+        self._handlers: dict[str, RequestHandler] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stoppers: list[Callable[[], Awaitable[None]]] = []
+        self._started = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> list[Listening]:
+        if self._started:
+            return self.listening
+        self._started = True
+        cfg = self.config
+        data = cfg.data_path
+        data.mkdir(parents=True, exist_ok=True)
+        os.chmod(data, 0o700)
+
+        await self._start_state()
+        await self._start_metrics()
+        await self._start_sip()
+        await self._start_services()
+        return self.listening
+
+    async def _start_state(self) -> None:
+        cfg = self.config
+        if cfg.redis.url:
+            url = cfg.redis.url
+        else:
+            port = cfg.redis.embedded_tcp_port
+            self.valkey = EmbeddedValkey(cfg.data_path / "valkey",
+                                         tcp_port=None if port < 0 else port)
+            await asyncio.to_thread(self.valkey.start)
+            url = self.valkey.url
+            self.listening.append(Listening("valkey", "unix", str(self.valkey.socket_path), 0))
+            if self.valkey.tcp_port:
+                self.listening.append(Listening("valkey", "tcp", "127.0.0.1",
+                                                self.valkey.tcp_port))
+        self.redis = connect(url)
+        await self.redis.ping()
+
+    async def _start_metrics(self) -> None:
+        from gateway.ops.metrics import SipMetrics, serve_metrics
+
+        self.sip_metrics = SipMetrics(self.registry)
+        m = self.config.metrics
+        if m.port >= 0:
+            port = serve_metrics(self.registry, m.host, m.port, self.reactor)
+            self.listening.append(Listening("metrics", "http", m.host, port))
+
+    async def _start_sip(self) -> None:
+        from gateway.transport import SipDriver, TlsFiles, ensure_dev_certificate
+
+        s = self.config.sip
+        host0 = s.hosts[0]
+        stack_cfg = StackConfig(
+            timers=TimerConfig(t1=s.t1, t2=s.t2, t4=s.t4),
+            via_hosts={},
+            server_header=s.server_header,
+        )
+        self.stack = SipStack(stack_cfg)
+        self.driver = SipDriver(self.stack, self._on_event, self.reactor, self.sip_metrics)
+        for host in s.hosts:
+            if s.udp_port >= 0:
+                port = self.driver.listen_udp(host, s.udp_port)
+                self.listening.append(Listening("sip", "udp", host, port))
+                stack_cfg.via_hosts.setdefault("UDP", (host0, port))
+            if s.tcp_port >= 0:
+                port = self.driver.listen_tcp(host, s.tcp_port)
+                self.listening.append(Listening("sip", "tcp", host, port))
+                stack_cfg.via_hosts.setdefault("TCP", (host0, port))
+            if s.tls_port >= 0:
+                if s.tls_cert and s.tls_key:
+                    tls = TlsFiles(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca or None)
+                else:
+                    tls = ensure_dev_certificate(self.config.data_path / "tls")
+                port = self.driver.listen_tls(host, s.tls_port, tls)
+                self.listening.append(Listening("sip", "tls", host, port))
+                stack_cfg.via_hosts.setdefault("TLS", (host0, port))
+
+    async def _start_services(self) -> None:
+        """Transaction users: registrar, B2BUA (wired as their packages land)."""
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        for task in list(self._tasks):
+            task.cancel()
+        for stopper in reversed(self._stoppers):
+            try:
+                await stopper()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("error while stopping")
+        if self.driver is not None:
+            await self.driver.stop().asFuture(asyncio.get_running_loop())
+        if self.redis is not None:
+            await self.redis.aclose()
+        if self.valkey is not None:
+            await asyncio.to_thread(self.valkey.stop)
+
+    # -- dispatch ----------------------------------------------------------------------
+    def on_request(self, method: str, handler: RequestHandler) -> None:
+        self._handlers[method] = handler
+
+    def _on_event(self, event: StackEvent) -> None:
+        if isinstance(event, RequestReceived):
+            self._on_request(event)
+        elif isinstance(event, AckReceived):
+            handler = self._handlers.get("ACK")
+            if handler is not None:
+                self._spawn(self._run_ack(handler, event))
+        elif isinstance(event, MalformedMessage):
+            log.debug("malformed message from %s: %s", event.peer, event.reason)
+
+    def _on_request(self, event: RequestReceived) -> None:
+        assert self.stack is not None
+        request = event.request
+        tag = self.stack.new_tag()
+        rejection = precheck(request, tag=tag)
+        if rejection is not None:
+            self.driver.respond(event.key, rejection)
+            return
+        method = request.method
+        if method == "OPTIONS" and request.uri.user is None:
+            self.driver.respond(event.key, options_response(request, tag=tag))
+            return
+        handler = self._handlers.get(method)
+        if handler is None:
+            if method == "CANCEL":
+                # No dialog usage could match: §9.2 / §16.10
+                self.driver.respond(event.key, build_response(request, 481, to_tag=tag))
+            elif method == "OPTIONS":
+                self.driver.respond(event.key, options_response(request, tag=tag))
+            else:
+                self.driver.respond(event.key, not_allowed(request, tag=tag))
+            return
+        self._spawn(self._run_handler(handler, event, tag))
+
+    async def _run_handler(self, handler: RequestHandler, event: RequestReceived,
+                           tag: str) -> None:
+        try:
+            response = await handler(event)
+        except Exception as e:  # noqa: BLE001 - one function maps failures to SIP (STYLE 8)
+            log.exception("handler for %s failed", event.request.method)
+            response = build_response(event.request, 500, to_tag=tag, headers=[
+                ("Warning", f'399 sipgw "internal error: {type(e).__name__}"')])
+        if response is not None:
+            self.driver.respond(event.key, response)
+
+    async def _run_ack(self, handler: RequestHandler, event: AckReceived) -> None:
+        try:
+            await handler(RequestReceived(key=None, request=event.request,  # type: ignore[arg-type]
+                                          peer=event.peer))
+        except Exception:  # noqa: BLE001
+            log.exception("ACK handler failed")
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
