@@ -1,0 +1,65 @@
+"""SIP over UDP (RFC 3261 §18.1.1, §18.2.1): one ``DatagramProtocol`` per listening socket.
+
+The adapter only moves datagrams: each one goes to the owner (the driver) with
+the sender as a ``Peer``; the owner decides what to send back and through
+which socket. No SIP rules live here.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any, Protocol
+
+from twisted.internet.protocol import DatagramProtocol
+
+from gateway.sip.peer import Peer
+
+# RFC 3261 §18.1.1 lets UDP carry up to 65535 bytes; Twisted's default read size is 8192.
+MAX_DATAGRAM = 65535
+
+
+def normalise_host(host: str) -> str:
+    """Unbracketed address; IPv4-mapped IPv6 (dual-stack sockets) reported as plain IPv4."""
+    if host.startswith("::ffff:") and "." in host:
+        return host[7:]
+    return host
+
+
+def is_ipv6(host: str) -> bool:
+    return ":" in host
+
+
+class DatagramSink(Protocol):
+    """What a UDP socket reports to: the driver."""
+
+    def datagram_received(self, sock: SipDatagramProtocol, data: bytes, peer: Peer) -> None: ...
+
+
+class SipDatagramProtocol(DatagramProtocol):
+    """One UDP listening socket carrying SIP (RFC 3261 §18.1.1 / §18.2.1)."""
+
+    def __init__(self, sink: DatagramSink, host: str) -> None:
+        self._sink = sink
+        self.host = host
+        self.family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+        self.port = 0
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802 - Twisted API
+        # addr is (host, port) for IPv4 and (host, port, flowinfo, scope_id) for IPv6
+        peer = Peer("UDP", normalise_host(addr[0]), addr[1])
+        self._sink.datagram_received(self, datagram, peer)
+
+    def send(self, data: bytes, host: str, port: int) -> None:
+        """Write one datagram; raises OSError/ValueError/MessageLengthError on failure."""
+        if self.family == socket.AF_INET6 and not is_ipv6(host):
+            host = "::ffff:" + host  # a dual-stack IPv6 socket reaches IPv4 peers this way
+        transport: Any = self.transport  # IUDPTransport; zope interfaces are not mypy types
+        transport.write(data, (host, port))
+
+    @property
+    def wildcard(self) -> bool:
+        return self.host in ("", "0.0.0.0", "::")
+
+    @property
+    def loopback(self) -> bool:
+        return self.host.startswith("127.") or self.host == "::1" or self.host == "localhost"
