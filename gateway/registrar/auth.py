@@ -1,0 +1,84 @@
+"""The registrar's digest authenticator (RFC 3261 §22.4, RFC 7616, RFC 8760).
+
+Wraps the sans-I/O digest module with the gateway's realm, nonce secret and
+policy: both algorithms challenged (SHA-256 first), the same challenge for
+everyone (the nonce does not depend on the user), and a dummy HA1 so that an
+unknown user costs the same hashing as a known one.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from gateway.sip.digest import (
+    CHALLENGE_ORDER,
+    DigestChallenge,
+    DigestCredentials,
+    DigestError,
+    NonceFactory,
+    NonceStatus,
+    compute_ha1,
+    verify_response,
+)
+from gateway.sip.message import SipRequest
+
+
+class AuthStatus(enum.Enum):
+    NONE = "none"  # no usable credentials for our realm: challenge
+    BAD_NONCE = "bad_nonce"  # not a nonce of ours: challenge afresh (not counted)
+    OK = "ok"
+    STALE = "stale"  # right password, old nonce: challenge with stale=true
+    FAILED = "failed"  # wrong password or unknown user (indistinguishable)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    status: AuthStatus
+    credentials: DigestCredentials | None = None
+
+
+class DigestAuthenticator:
+    """Challenges and verifies REGISTER digests for one realm."""
+
+    def __init__(self, realm: str, secrets: list[bytes], nonce_ttl: float,
+                 *, allow_no_qop: bool = True) -> None:
+        self.realm = realm
+        self.nonces = NonceFactory(secrets, realm, nonce_ttl)
+        self.nonce_ttl = nonce_ttl
+        self.allow_no_qop = allow_no_qop
+        self._dummy = {alg: compute_ha1("\x00nobody", realm, "\x00", alg)
+                       for alg in CHALLENGE_ORDER}
+
+    def challenges(self, now: float, *, stale: bool = False) -> list[str]:
+        """``WWW-Authenticate`` values, SHA-256 first (RFC 8760 §2.4), one shared nonce."""
+        nonce = self.nonces.issue(now)
+        return [str(DigestChallenge(realm=self.realm, nonce=nonce, algorithm=alg, stale=stale))
+                for alg in CHALLENGE_ORDER]
+
+    def credentials(self, request: SipRequest) -> DigestCredentials | None:
+        """The Authorization for our realm, or None. Raises DigestError when it is garbled."""
+        found: DigestCredentials | None = None
+        for value in request.headers.get_raw("Authorization"):
+            creds = DigestCredentials.parse(value)
+            if creds.realm == self.realm:
+                if found is not None and found.algorithm == "SHA-256":
+                    continue
+                found = creds
+        if found is not None and found.qop is None and not self.allow_no_qop:
+            raise DigestError("qop=auth is required")
+        return found
+
+    def verify(self, creds: DigestCredentials, method: str, ha1: dict[str, str] | None,
+               now: float) -> AuthStatus:
+        check = self.nonces.check(creds.nonce, now)
+        if check.status is NonceStatus.INVALID:
+            return AuthStatus.BAD_NONCE
+        known = ha1 is not None and bool(ha1.get(creds.algorithm))
+        # Always hash, so an unknown user takes as long as a wrong password.
+        stored = ha1[creds.algorithm] if ha1 is not None and known else \
+            self._dummy[creds.algorithm]
+        ok = verify_response(creds, stored, method) and known
+        if not ok:
+            return AuthStatus.FAILED
+        return AuthStatus.STALE if check.status is NonceStatus.STALE else AuthStatus.OK

@@ -1,0 +1,290 @@
+"""Registration bindings in Redis (RFC 3261 §10.3, RFC 5626 §6, RFC 3327 §5.3).
+
+Per address-of-record two keys: a hash ``binding key -> JSON`` and a sorted
+set ``binding key -> absolute expiry``. Expired bindings vanish without any
+request: reads filter by expiry and purge lazily, ``sweep`` removes them in
+bulk, and both keys carry a TTL equal to the latest expiry so an idle AOR
+disappears even if no sweep runs. One REGISTER's whole update (nonce-count
+check, §10.3 step 7 Call-ID/CSeq checks, binding cap, writes, device touch)
+is a single Lua script: one round trip, atomic across nodes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gateway.sip.peer import FlowId, Peer
+from gateway.state import keys
+
+# Extra lifetime of the per-AOR keys beyond the last binding's expiry (s).
+KEY_SLACK = 60
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One contact bound to an AOR, with where it really came from (RFC 3261 §10.3, RFC 5626)."""
+
+    key: str  # "ob:<instance>:<reg-id>" for outbound flows, else "uri:<contact URI>"
+    aor: str
+    contact: str  # the Contact header value as registered (without expires)
+    uri: str
+    expires: float  # absolute (wall clock)
+    q: float | None = None
+    call_id: str = ""
+    cseq: int = 0
+    instance: str | None = None
+    reg_id: int | None = None
+    outbound: bool = False
+    path: tuple[str, ...] = ()
+    transport: str = "UDP"
+    host: str = ""
+    port: int = 0
+    flow: str | None = None  # the transport's flow id (stream connection) at the owning node
+    node_id: str = ""  # gateway node that owns the flow (sends keep-alives, reaches the phone)
+    user_agent: str = ""
+    device_id: str = ""
+    registered: float = 0.0
+
+    @property
+    def source(self) -> Peer:
+        """Where requests to the phone must go: the NAT-mapped source, not the Contact."""
+        return Peer(self.transport, self.host, self.port,
+                    FlowId(self.flow) if self.flow else None)
+
+    def remaining(self, now: float) -> int:
+        return max(0, int(self.expires - now + 0.5))
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["path"] = list(self.path)
+        return json.dumps(d, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Binding | None:
+        try:
+            d = json.loads(raw)
+            d["path"] = tuple(d.get("path") or ())
+            return cls(**d)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class BindingOp:
+    """Add/refresh (``binding``) or remove (``binding is None``) one binding key."""
+
+    key: str
+    binding: Binding | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterUpdate:
+    """Everything the register script needs to do for one authenticated REGISTER."""
+
+    aor: str
+    device_id: str
+    username: str
+    call_id: str
+    cseq: int
+    ops: Sequence[BindingOp] = ()
+    wildcard: bool = False
+    nonce: str = ""
+    nc: int = 0  # 0: no nonce-count tracking
+    nonce_ttl: float = 300.0
+    source_ip: str = ""
+    device_fields: dict[str, str] = field(default_factory=dict)
+    apply: bool = True  # False: only record device fields (e.g. a firmware rejection)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterResult:
+    outcome: str  # ok | replay | cseq | toomany | gone
+    bindings: list[Binding]
+    detail: str = ""
+
+
+class BindingStore:
+    """Bindings per AOR in Redis; the only writer of ``sipgw:reg:*`` keys."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.redis = redis
+        self._register = redis.register_script(_REGISTER_LUA)
+        self._purge = redis.register_script(_PURGE_LUA)
+
+    async def apply(self, u: RegisterUpdate, now: float, max_bindings: int) -> RegisterResult:
+        ops = [{"k": op.key, "x": op.binding.expires if op.binding else 0,
+                "d": op.binding.to_json() if op.binding else ""} for op in u.ops]
+        fields: list[str] = []
+        for k, v in u.device_fields.items():
+            fields += [k, v]
+        res = await self._register(
+            keys=[keys.nonce_count(u.nonce), keys.bindings(u.aor), keys.binding_expiry(u.aor),
+                  keys.registrations_index(), keys.device(u.device_id), keys.devices_seen(),
+                  keys.device_auth(u.username)],
+            args=[repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), u.call_id, str(u.cseq),
+                  str(max_bindings), json.dumps(ops), "1" if u.wildcard else "0", u.aor,
+                  u.device_id, u.source_ip, str(KEY_SLACK), "1" if u.apply else "0",
+                  json.dumps(fields)])
+        outcome = res[0].decode()
+        detail = res[1].decode() if len(res) > 1 and isinstance(res[1], bytes) else ""
+        if outcome != "ok":
+            return RegisterResult(outcome, [], detail)
+        return RegisterResult("ok", _decode_live(res[2:], now))
+
+    async def get(self, aor: str, now: float) -> list[Binding]:
+        raw = await self.redis.hvals(keys.bindings(aor))  # type: ignore[misc]
+        live = _decode_live(raw, now)
+        if len(live) != len(raw):
+            await self.purge(aor, now)
+        return live
+
+    async def get_many(self, aors: Sequence[str], now: float) -> dict[str, list[Binding]]:
+        if not aors:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for aor in aors:
+            pipe.hvals(keys.bindings(aor))
+        return {aor: _decode_live(raw, now) for aor, raw in zip(aors, await pipe.execute(),
+                                                               strict=True)}
+
+    async def purge(self, aor: str, now: float) -> int:
+        n = await self._purge(keys=[keys.bindings(aor), keys.binding_expiry(aor),
+                                    keys.registrations_index()],
+                              args=[repr(now), aor, str(KEY_SLACK)])
+        return int(n)
+
+    async def remove_aor(self, aor: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(keys.bindings(aor), keys.binding_expiry(aor))
+        pipe.zrem(keys.registrations_index(), aor)
+        await pipe.execute()
+
+    async def sweep(self, now: float, batch: int = 500) -> int:
+        """Remove every expired binding of every AOR whose earliest-ending binding is past."""
+        removed = 0
+        aors = await self.redis.zrange(keys.registrations_index(), 0, -1)
+        for i in range(0, len(aors), batch):
+            pipe = self.redis.pipeline(transaction=False)
+            for a in aors[i:i + batch]:
+                aor = a.decode()
+                self._purge(keys=[keys.bindings(aor), keys.binding_expiry(aor),
+                                  keys.registrations_index()],
+                            args=[repr(now), aor, str(KEY_SLACK)], client=pipe)
+            removed += sum(int(n) for n in await pipe.execute())
+        return removed
+
+    async def active_aors(self, now: float) -> list[str]:
+        raw = await self.redis.zrangebyscore(keys.registrations_index(), now, "+inf")
+        return [a.decode() for a in raw]
+
+
+def _decode_live(raw: Sequence[Any], now: float) -> list[Binding]:
+    out = []
+    for item in raw:
+        b = Binding.from_json(item)
+        if b is not None and b.expires > now:
+            out.append(b)
+    out.sort(key=lambda b: (-(b.q if b.q is not None else 1.0), b.key))
+    return out
+
+
+# KEYS: 1 nc, 2 bindings hash, 3 expiry zset, 4 reg index, 5 device hash, 6 devices seen,
+#       7 device auth hash
+# ARGV: 1 now, 2 nc, 3 nc ttl ms, 4 call-id, 5 cseq, 6 max bindings, 7 ops json,
+#       8 wildcard, 9 aor, 10 device id, 11 source ip, 12 key slack, 13 apply, 14 fields json
+_COMMON_LUA = """
+local function purge(hkey, zkey, now)
+  local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
+  for _, k in ipairs(gone) do
+    redis.call('HDEL', hkey, k)
+    redis.call('ZREM', zkey, k)
+  end
+  return #gone
+end
+local function retime(hkey, zkey, ikey, aor, slack)
+  local last = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('DEL', hkey, zkey)
+    redis.call('ZREM', ikey, aor)
+  else
+    local at = math.ceil((tonumber(last[2]) + slack) * 1000)
+    redis.call('PEXPIREAT', hkey, at)
+    redis.call('PEXPIREAT', zkey, at)
+    redis.call('ZADD', ikey, last[2], aor)
+  end
+end
+"""
+
+# KEYS: 1 bindings hash, 2 expiry zset, 3 reg index; ARGV: 1 now, 2 aor, 3 key slack
+_PURGE_LUA = _COMMON_LUA + """
+local n = purge(KEYS[1], KEYS[2], tonumber(ARGV[1]))
+retime(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]))
+return n
+"""
+
+_REGISTER_LUA = _COMMON_LUA + """
+local now = tonumber(ARGV[1])
+local nc = tonumber(ARGV[2])
+if nc > 0 then
+  local seen = redis.call('GET', KEYS[1])
+  if seen and tonumber(seen) >= nc then return {'replay', seen} end
+  redis.call('SET', KEYS[1], nc, 'PX', ARGV[3])
+end
+if redis.call('EXISTS', KEYS[5]) == 0 then return {'gone', ''} end
+local fields = cjson.decode(ARGV[14])
+if #fields > 0 then redis.call('HSET', KEYS[5], unpack(fields)) end
+redis.call('HSET', KEYS[5], 'last_seen', ARGV[1])
+redis.call('ZADD', KEYS[6], now, ARGV[10])
+redis.call('HSET', KEYS[7], 'last_ip', ARGV[11])
+purge(KEYS[2], KEYS[3], now)
+if ARGV[13] == '1' then
+  local callid = ARGV[4]
+  local cseq = tonumber(ARGV[5])
+  local function in_order(raw)
+    local ok, old = pcall(cjson.decode, raw)
+    if not ok then return true end
+    if old['call_id'] ~= callid then return true end
+    return cseq > tonumber(old['cseq'])
+  end
+  if ARGV[8] == '1' then
+    -- RFC 3261 §10.3 step 6: '*' removes every binding whose Call-ID differs
+    -- or whose CSeq is lower; otherwise the whole request fails.
+    local all = redis.call('HGETALL', KEYS[2])
+    for i = 1, #all, 2 do
+      if not in_order(all[i + 1]) then return {'cseq', all[i]} end
+    end
+    redis.call('DEL', KEYS[2], KEYS[3])
+  else
+    local ops = cjson.decode(ARGV[7])
+    local count = redis.call('HLEN', KEYS[2])
+    for _, op in ipairs(ops) do
+      local old = redis.call('HGET', KEYS[2], op['k'])
+      if old then
+        if not in_order(old) then return {'cseq', op['k']} end
+        if op['d'] == '' then count = count - 1 end
+      elseif op['d'] ~= '' then
+        count = count + 1
+      end
+    end
+    if count > tonumber(ARGV[6]) then return {'toomany', tostring(count)} end
+    for _, op in ipairs(ops) do
+      if op['d'] == '' then
+        redis.call('HDEL', KEYS[2], op['k'])
+        redis.call('ZREM', KEYS[3], op['k'])
+      else
+        redis.call('HSET', KEYS[2], op['k'], op['d'])
+        redis.call('ZADD', KEYS[3], op['x'], op['k'])
+      end
+    end
+  end
+  retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]))
+end
+local out = {'ok', ''}
+for _, v in ipairs(redis.call('HVALS', KEYS[2])) do table.insert(out, v) end
+return out
+"""

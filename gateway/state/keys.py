@@ -1,0 +1,63 @@
+"""Redis key names: every key the gateway writes is built here (see SCHEMA.md).
+
+Names that embed peer-controlled text (SIP usernames from Authorization
+headers) hash it, so an attacker cannot create huge or odd key names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+PREFIX = "sipgw:"
+
+
+def _h(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def device(device_id: str) -> str:
+    return f"{PREFIX}dev:{device_id}"
+
+
+def device_auth(sip_username: str) -> str:
+    return f"{PREFIX}auth:{_h(sip_username)}"
+
+
+def devices_seen() -> str:
+    return f"{PREFIX}devices:seen"
+
+
+def user_devices(user_aor: str) -> str:
+    return f"{PREFIX}user:{user_aor}:devices"
+
+
+def bindings(aor: str) -> str:
+    return f"{PREFIX}reg:{{{aor}}}:b"
+
+
+def binding_expiry(aor: str) -> str:
+    return f"{PREFIX}reg:{{{aor}}}:x"
+
+
+def registrations_index() -> str:
+    return f"{PREFIX}reg:index"
+
+
+def nonce_count(nonce: str) -> str:
+    return f"{PREFIX}nc:{_h(nonce)}"
+
+
+def rate(scope: str, ident: str, window: int) -> str:
+    return f"{PREFIX}rl:{scope}:{_h(ident)}:{window}"
+
+
+def failures(scope: str, ident: str) -> str:
+    return f"{PREFIX}fail:{scope}:{_h(ident)}"
+
+
+def block(scope: str, ident: str) -> str:
+    return f"{PREFIX}block:{scope}:{_h(ident)}"
+
+
+def block_pattern(scope: str) -> str:
+    return f"{PREFIX}block:{scope}:*"
