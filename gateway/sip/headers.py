@@ -54,31 +54,47 @@ UNSPLITTABLE = frozenset({
     "RSeq", "Priority", "MIME-Version", "Identity",
 })
 
-_TOKEN_RE = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+_TOKEN_CHARS = r"A-Za-z0-9\-.!%*_+`'~"
+_TOKEN = rf"[{_TOKEN_CHARS}]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_PARAM_VALUE_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~\[\]:]+")
+_NAME_CACHE: dict[str, str] = {}
+_NAME_CACHE_MAX = 1024
 
 
 def canonical_name(name: str) -> str:
-    """Canonical spelling of a header name (compact forms expanded)."""
-    low = name.lower()
-    c = _CANONICAL.get(low)
+    """Canonical spelling of a header name (compact forms expanded); SipParseError if bad."""
+    c = _NAME_CACHE.get(name)
     if c is not None:
         return c
-    if not _TOKEN_RE.match(name):
-        raise SipParseError(f"bad header name {name!r}")
-    return "-".join(p[:1].upper() + p[1:].lower() for p in low.split("-"))
+    low = name.lower()
+    c = _CANONICAL.get(low)
+    if c is None:
+        if not _TOKEN_RE.fullmatch(name):
+            raise SipParseError(f"bad header name {name[:40]!r}")
+        c = "-".join(p[:1].upper() + p[1:] for p in low.split("-"))
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = c
+    return c
 
 
 def is_token(text: str) -> bool:
-    return bool(_TOKEN_RE.match(text))
+    return _TOKEN_RE.fullmatch(text) is not None
 
 
-def split_comma(value: str) -> list[str]:
-    """Split a header value at commas outside quoted strings and <...> (RFC 3261 §7.3.1)."""
+def split_comma(value: str, *, strict: bool = False) -> list[str]:
+    """Split a header value at commas outside quoted strings and <...> (RFC 3261 §7.3.1).
+
+    Empty elements are dropped, or with ``strict`` reported as an error (a
+    ``Via: a,,b`` is malformed, RFC 4475 §3.1.2.1).
+    """
     if "," not in value:
         v = value.strip()
+        if not v and strict:
+            raise SipParseError("empty header value")
         return [v] if v else []
     out: list[str] = []
-    depth_angle = False
+    in_angle = False
     in_quote = False
     start = 0
     i = 0
@@ -93,13 +109,15 @@ def split_comma(value: str) -> list[str]:
         elif c == '"':
             in_quote = True
         elif c == "<":
-            depth_angle = True
+            in_angle = True
         elif c == ">":
-            depth_angle = False
-        elif c == "," and not depth_angle:
+            in_angle = False
+        elif c == "," and not in_angle:
             part = value[start:i].strip()
             if part:
                 out.append(part)
+            elif strict:
+                raise SipParseError("empty element in comma-separated header")
             start = i + 1
         i += 1
     if in_quote:
@@ -107,11 +125,19 @@ def split_comma(value: str) -> list[str]:
     part = value[start:].strip()
     if part:
         out.append(part)
+    elif strict:
+        raise SipParseError("empty element in comma-separated header")
     return out
 
 
 def parse_quoted(text: str, start: int) -> tuple[str, int]:
-    """Parse a quoted-string beginning at ``text[start] == '"'``; return (unescaped, end)."""
+    """Parse a quoted-string beginning at ``text[start] == '"'``; return (unescaped, end).
+
+    quoted-pair may escape any octet but CR and LF (§25.1), NUL included (RFC 4475 §3.1.1.2).
+    """
+    end = text.find('"', start + 1)
+    if end >= 0 and text.find("\\", start + 1, end) < 0:
+        return text[start + 1 : end], end + 1
     i = start + 1
     out: list[str] = []
     n = len(text)
@@ -120,7 +146,10 @@ def parse_quoted(text: str, start: int) -> tuple[str, int]:
         if c == "\\":
             if i + 1 >= n:
                 break
-            out.append(text[i + 1])
+            nxt = text[i + 1]
+            if nxt in "\r\n":
+                raise SipParseError("CR or LF escaped in quoted string")
+            out.append(nxt)
             i += 2
             continue
         if c == '"':
@@ -135,25 +164,31 @@ def quote(text: str) -> str:
 
 
 def parse_header_params(text: str) -> Params:
-    """Parse generic header parameters ``;a=b;c="quoted";flag`` (leading ';' optional).
+    """Parse generic header parameters ``;a=b;c="quoted";flag`` (RFC 3261 §25.1 generic-param).
 
-    Quoted values keep their quotes so re-serialisation is faithful; use
-    ``unquote_param`` to read them.
+    LWS is allowed around ';' and '=' (SEMI, EQUAL); an empty parameter
+    (``;;``) is an error (RFC 4475 §3.1.2.1). Quoted values keep their quotes so
+    re-serialisation is faithful; use ``unquote_param`` to read them.
     """
     out: list[tuple[str, str | None]] = []
     i = 0
     n = len(text)
+    while i < n and text[i] in " \t":
+        i += 1
     while i < n:
-        while i < n and text[i] in " \t;":
+        if text[i] != ";":
+            raise SipParseError(f"junk in parameters: {text[i:i + 30]!r}")
+        i += 1
+        while i < n and text[i] in " \t":
             i += 1
-        if i >= n:
-            break
         j = i
         while j < n and text[j] not in "=; \t":
             j += 1
         name = text[i:j]
-        if not name or not _TOKEN_RE.match(name):
-            raise SipParseError(f"bad parameter name {name!r}")
+        if not name:
+            raise SipParseError("empty parameter")
+        if not _TOKEN_RE.fullmatch(name):
+            raise SipParseError(f"bad parameter name {name[:40]!r}")
         while j < n and text[j] in " \t":
             j += 1
         if j < n and text[j] == "=":
@@ -169,16 +204,14 @@ def parse_header_params(text: str) -> Params:
                 while k < n and text[k] not in "; \t":
                     k += 1
                 value = text[j:k]
-                if not value or not re.match(r"^[A-Za-z0-9\-.!%*_+`'~\[\]:]+$", value):
-                    raise SipParseError(f"bad value for parameter {name!r}")
+                if not _PARAM_VALUE_RE.fullmatch(value):
+                    raise SipParseError(f"bad value for parameter {name[:40]!r}")
                 j = k
             out.append((name.lower(), value))
         else:
             out.append((name.lower(), None))
         while j < n and text[j] in " \t":
             j += 1
-        if j < n and text[j] != ";":
-            raise SipParseError(f"junk after parameter {name!r}")
         i = j
     return tuple(out)
 
@@ -200,6 +233,28 @@ def _param(params: Params, name: str) -> str | None:
     return None
 
 
+# -- fast-path validators --------------------------------------------------------------
+# Each matches only a subset of what the full parser below accepts (the common,
+# well-formed shapes phones send), so a match proves validity without building
+# objects; anything else falls back to the full parser. Tests check the subset
+# property.
+_HOST_FAST = (r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}"
+              r"|(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z](?:[A-Za-z0-9\-]*"
+              r"[A-Za-z0-9])?)")
+_PORT_FAST = r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?"
+_UPARAM_FAST = r"(?:;[A-Za-z0-9\-_.!~*'()/:&+$]+(?:=[A-Za-z0-9\-_.!~*'()/:&+$]+)?)*"
+_URI_FAST = (r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,/]+(?::[A-Za-z0-9\-_.!~*'()&=+$,]*)?@)?"
+             + _HOST_FAST + _PORT_FAST + _UPARAM_FAST)
+_HPARAM_FAST = (r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=(?:[A-Za-z0-9\-.!%*_+`'~:]+"
+                r"|\"[^\"\\\x00-\x1f\x7f]*\"))?)*")
+VIA_FAST_RE = re.compile(r"SIP/2\.0/[A-Za-z]+ " + _HOST_FAST + _PORT_FAST + _HPARAM_FAST)
+NAME_ADDR_FAST_RE = re.compile(
+    r"(?:\"[^\"\\\x00-\x1f\x7f]*\" ?|(?:[A-Za-z0-9\-.!%*_+`'~]+ )*)?<" + _URI_FAST + ">"
+    + _HPARAM_FAST
+    + r"|" + _URI_FAST.replace(_UPARAM_FAST, "") + _HPARAM_FAST)
+CSEQ_RE = re.compile(r"(\d+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
+
+
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     """name-addr / addr-spec with header parameters (RFC 3261 §20.10, §20.20, §20.39).
@@ -215,24 +270,25 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
-        text = text.strip()
+        text = text.strip(" \t")
         if not text:
             raise SipParseError("empty address")
         display: str | None = None
         if text[0] == '"':
             display, end = parse_quoted(text, 0)
-            rest = text[end:].lstrip()
+            rest = text[end:].lstrip(" \t")
             if not rest.startswith("<"):
                 raise SipParseError("quoted display name without <URI>")
         else:
             lt = text.find("<")
             if lt >= 0:
-                d = text[:lt].strip()
+                d = text[:lt].strip(" \t")
                 if d:
-                    for word in d.split():
-                        if not _TOKEN_RE.match(word):
-                            raise SipParseError(f"bad display name {d!r}")
-                    display = d
+                    words = d.split()
+                    for word in words:
+                        if not _TOKEN_RE.fullmatch(word):
+                            raise SipParseError(f"bad display name {d[:40]!r}")
+                    display = " ".join(words)
                 rest = text[lt:]
             else:
                 rest = text
@@ -243,30 +299,36 @@ class NameAddr:
             uri_text = rest[1:gt]
             if uri_text != uri_text.strip():
                 raise SipParseError("whitespace inside <URI>")
-            after = rest[gt + 1 :].strip()
-            if after and not after.startswith(";"):
-                raise SipParseError(f"junk after <URI>: {after[:30]!r}")
             return cls(uri=Uri.parse(uri_text), display=display,
-                       params=parse_header_params(after), bracketed=True)
-        # addr-spec: parameters after ';' belong to the header, not the URI (§20.10)
-        if " " in rest or "\t" in rest:
+                       params=parse_header_params(rest[gt + 1 :]), bracketed=True)
+        # addr-spec: parameters after ';' belong to the header, not the URI (§20.10);
+        # LWS may precede the ';' (SEMI = SWS ";" SWS, RFC 4475 §3.1.1.1).
+        end = 0
+        n = len(rest)
+        while end < n and rest[end] not in "; \t":
+            end += 1
+        uri_text = rest[:end]
+        after = rest[end:]
+        if after.strip(" \t") and not after.lstrip(" \t").startswith(";"):
             raise SipParseError(f"whitespace in address {rest[:40]!r}")
-        uri_text, semi, ptext = rest.partition(";")
         if "?" in uri_text or "," in uri_text:
-            raise SipParseError("addr-spec with headers or comma must use <URI>")
-        return cls(uri=Uri.parse(uri_text), params=parse_header_params(ptext) if semi else (),
+            raise SipParseError("URI with headers or comma must be enclosed in <>")
+        return cls(uri=Uri.parse(uri_text), params=parse_header_params(after),
                    bracketed=False)
 
     def __str__(self) -> str:
-        if self.bracketed or self.display is not None:
+        if self.bracketed or self.display is not None or self.uri.params \
+                or self.uri.headers:
             d = ""
             if self.display is not None:
-                d = (self.display if all(_TOKEN_RE.match(w) for w in self.display.split())
-                     and self.display else quote(self.display)) + " "
+                plain = self.display and all(
+                    _TOKEN_RE.fullmatch(w) for w in self.display.split(" "))
+                d = (self.display if plain else quote(self.display)) + " "
             return f"{d}<{self.uri}>{_fmt_params(self.params)}"
         return f"{self.uri}{_fmt_params(self.params)}"
 
     def param(self, name: str) -> str | None:
+        """Parameter value with quotes removed ('' for a flag, None when absent)."""
         return unquote_param(_param(self.params, name))
 
     @property
@@ -281,9 +343,14 @@ class NameAddr:
         return self.with_param("tag", tag)
 
 
+VIA_HEAD_RE = re.compile(
+    rf"({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]*/[ \t]*({_TOKEN})[ \t]+"
+    r"(\[[^\]]*\]|[^ \t:;\[]+)(?:[ \t]*:[ \t]*([^ \t;]*))?")
+
+
 @dataclass(frozen=True, slots=True)
 class Via:
-    """One Via header value (RFC 3261 §20.42, §18.2.1; RFC 3581 rport)."""
+    """One Via header value (RFC 3261 §20.42, §18.2.1; RFC 3581 rport; RFC 5118 §4.5)."""
 
     transport: str
     host: str
@@ -293,25 +360,17 @@ class Via:
 
     @classmethod
     def parse(cls, text: str) -> Via:
-        proto, _, rest = text.strip().partition(" ")
-        parts = [p.strip() for p in proto.split("/")]
-        rest = rest.strip()
-        # tolerate LWS around the slashes (RFC 4475 §3.1.1.1)
-        if len(parts) != 3:
-            m = re.match(r"^\s*([^/\s]+)\s*/\s*([^/\s]+)\s*/\s*(\S+)\s+(.*)$", text.strip(), re.S)
-            if m is None:
-                raise SipParseError(f"bad Via {text[:40]!r}")
-            parts = [m.group(1), m.group(2), m.group(3)]
-            rest = m.group(4).strip()
-        name, version, transport = parts
-        if name.upper() != "SIP" or not version or not transport or not _TOKEN_RE.match(transport):
-            raise SipParseError(f"bad Via protocol {proto!r}")
-        if not rest:
-            raise SipParseError("Via without sent-by")
-        hostport, semi, ptext = rest.partition(";")
-        hostport = re.sub(r"\s*:\s*", ":", hostport.strip())
+        text = text.strip(" \t")
+        m = VIA_HEAD_RE.match(text)  # LWS around '/' is legal (RFC 4475 §3.1.1.1)
+        if m is None:
+            raise SipParseError(f"bad Via {text[:40]!r}")
+        name, version, transport, host_text, port_text = m.groups()
+        hostport = host_text if port_text is None else f"{host_text}:{port_text}"
         host, port = split_hostport(hostport)
-        params = parse_header_params(ptext) if semi else ()
+        params = parse_header_params(text[m.end() :])
+        for k, v in params:
+            if k == "branch" and not v:
+                raise SipParseError("empty Via branch")
         return cls(transport=transport.upper(), host=host, port=port, params=params,
                    version=f"{name.upper()}/{version}")
 
@@ -327,13 +386,31 @@ class Via:
         return _param(self.params, "branch")
 
     @property
+    def has_rfc3261_branch(self) -> bool:
+        """True when the branch carries the magic cookie *and* a unique part (§8.1.1.7).
+
+        A bare ``z9hG4bK`` (RFC 4475 §3.2.1) identifies no transaction.
+        """
+        b = self.branch
+        return b is not None and b.startswith("z9hG4bK") and len(b) > 7
+
+    @property
     def received(self) -> str | None:
+        """received parameter as sent (IPv6 with or without [], RFC 5118 §4.5)."""
         return _param(self.params, "received")
+
+    @property
+    def received_host(self) -> str | None:
+        """received parameter with IPv6 brackets removed."""
+        r = _param(self.params, "received")
+        if r and r.startswith("[") and r.endswith("]"):
+            return r[1:-1]
+        return r
 
     @property
     def rport(self) -> int | None:
         v = _param(self.params, "rport")
-        return int(v) if v and v.isdigit() else None
+        return int(v) if v and v.isdigit() and len(v) <= 5 else None
 
     @property
     def has_rport(self) -> bool:
@@ -345,7 +422,7 @@ class Via:
 
     def with_param(self, name: str, value: str | None) -> Via:
         kept = tuple((k, v) for k, v in self.params if k != name)
-        # keep branch first-ish ordering stable: replace in place when present
+        # keep the parameter order stable: replace in place when present
         if len(kept) != len(self.params):
             return replace(self, params=tuple(
                 (k, value if k == name else v) for k, v in self.params))
@@ -354,22 +431,20 @@ class Via:
 
 @dataclass(frozen=True, slots=True)
 class CSeq:
-    """CSeq header (RFC 3261 §20.16)."""
+    """CSeq header (RFC 3261 §20.16): a sequence number below 2**31 and a method."""
 
     number: int
     method: str
 
     @classmethod
     def parse(cls, text: str) -> CSeq:
-        parts = text.split()
-        if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10:
+        m = CSEQ_RE.fullmatch(text.strip(" \t"))
+        if m is None:
             raise SipParseError(f"bad CSeq {text[:40]!r}")
-        n = int(parts[0])
-        if n >= 2**31:
-            raise SipParseError("CSeq number out of range")
-        if not _TOKEN_RE.match(parts[1]):
-            raise SipParseError(f"bad CSeq method {parts[1]!r}")
-        return cls(n, parts[1])
+        digits = m.group(1)
+        if len(digits) > 10 or int(digits) >= 2**31:
+            raise SipParseError(f"CSeq number {m.group(1)} out of range")
+        return cls(int(digits), m.group(2))
 
     def __str__(self) -> str:
         return f"{self.number} {self.method}"

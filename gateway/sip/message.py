@@ -2,10 +2,18 @@
 
 ``parse_message(data)`` turns one datagram (or one framed stream message) into a
 ``SipRequest`` or ``SipResponse``; ``bytes(msg)`` serialises it. Nothing but
-``SipParseError`` ever leaves the parser. When a request is malformed, the
-error carries whatever could be recovered (``SipParseError.partial``) so the
-caller can still build a 400 that names the problem (§8.2.6 needs Via, From,
-To, Call-ID and CSeq).
+``SipParseError`` (``ParseFailure``) ever leaves the parser. When a request is
+malformed, the failure carries whatever could be recovered (method, headers) so
+the caller can still build a 400 that names the problem (§8.2.6 needs Via,
+From, To, Call-ID and CSeq): see ``build_error_response``.
+
+The parser validates eagerly what every layer relies on (start line, Via,
+From, To, Call-ID, CSeq, Contact, Max-Forwards, Content-Length, Content-Type,
+Date, single-valued headers not repeated) so a malformed message is rejected
+at the transport, with a reason, rather than half-way through a transaction.
+For speed the common well-formed shapes are checked with one precompiled
+regular expression each, and typed objects (``Via``, ``NameAddr``, ``CSeq``)
+are built lazily on first access.
 
 ``StreamParser`` frames messages on stream transports by Content-Length
 (§18.3): it copes with partial and pipelined messages and with the CRLF
@@ -14,29 +22,47 @@ keep-alives of RFC 5626 §3.5.1.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Union
 
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import (
+    _NAME_CACHE,
+    _NAME_CACHE_MAX,
+    CSEQ_RE,
+    NAME_ADDR_FAST_RE,
+    VIA_FAST_RE,
+    VIA_HEAD_RE,
     CSeq,
     Headers,
     NameAddr,
     Via,
     canonical_name,
-    is_token,
+    parse_header_params,
     split_comma,
 )
-from gateway.sip.uri import Uri
+from gateway.sip.uri import Uri, split_hostport
 
 MAX_MESSAGE_SIZE = 65535
 MAX_HEADERS = 256
-_FOLD_RE = re.compile(r"\r?\n[ \t]+")
-_STATUS_RE = re.compile(r"^SIP/(\d+\.\d+) (\d{3}) ?(.*)$")
-_REQUEST_RE = re.compile(r"^(\S+) (\S+) SIP/(\d+\.\d+)$")
-
+_FOLD_RE = re.compile(r"\n[ \t]+")
+_TOKEN_CLASS = r"[A-Za-z0-9\-.!%*_+`'~]"
+_REQUEST_RE = re.compile(rf"({_TOKEN_CLASS}+) ([^ ]+) ([Ss][Ii][Pp])/(\d+)\.(\d+)")
+_STATUS_RE = re.compile(r"[Ss][Ii][Pp]/(\d+)\.(\d+) (\d+)(?: (.*))?")
+# Call-ID = word [ "@" word ] (§25.1)
+_CALL_ID_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+"
+                         r"(?:@[A-Za-z0-9\-.!%*_+`'~()<>:\\\"/\[\]?{}]+)?")
+_CONTENT_TYPE_RE = re.compile(rf"({_TOKEN_CLASS}+)[ \t]*/[ \t]*({_TOKEN_CLASS}+)[ \t]*")
+# rfc1123-date, always GMT (§20.17)
+_DATE_RE = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
+                      r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} "
+                      r"\d{2}:\d{2}:\d{2} GMT")
+_UNESCAPED_NUL_RE = re.compile(r"(?<!\\)\x00")
+# Headers of which a message may carry only one (§7.3.1, §20; RFC 4475 §3.3.8/§3.3.9).
+_SINGLE = frozenset({"From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length",
+                     "Content-Type"})
+_MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 200: "OK", 202: "Accepted", 204: "No Notification",
@@ -70,76 +96,145 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def _ascii_int(text: str, max_digits: int) -> int | None:
+    text = text.strip(" \t")
+    if not text or len(text) > max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
+def _option_tags(headers: Headers, name: str) -> list[str]:
+    return [t.strip(" \t") for t in headers.get_all(name)]
+
+
 class _Common:
-    """Typed, cached views of the headers every layer needs (§8.1.1)."""
+    """Typed, cached views of the headers every layer needs (§8.1.1).
+
+    The caches are plain attributes (None until first use); call
+    ``invalidate()`` after editing ``headers`` in place.
+    """
 
     headers: Headers
     body: bytes
+    _vias: list[Via] | None = None
+    _from: NameAddr | None = None
+    _to: NameAddr | None = None
+    _cseq: CSeq | None = None
+    _contacts: list[NameAddr] | None = None
 
-    @cached_property
+    @property
     def vias(self) -> list[Via]:
-        return [Via.parse(v) for v in self.headers.get_all("Via")]
+        v = self._vias
+        if v is None:
+            v = self._vias = [Via.parse(x) for x in self.headers.get_all("Via")]
+        return v
 
     @property
     def top_via(self) -> Via:
         vias = self.vias
         if not vias:
-            raise SipParseError("missing Via")
+            raise SipParseError("missing Via header")
         return vias[0]
 
-    @cached_property
+    @property
     def from_(self) -> NameAddr:
-        v = self.headers.get("From")
+        v = self._from
         if v is None:
-            raise SipParseError("missing From")
-        return NameAddr.parse(v)
+            raw = self.headers.get("From")
+            if raw is None:
+                raise SipParseError("missing From header")
+            v = self._from = NameAddr.parse(raw)
+        return v
 
-    @cached_property
+    @property
     def to(self) -> NameAddr:
-        v = self.headers.get("To")
+        v = self._to
         if v is None:
-            raise SipParseError("missing To")
-        return NameAddr.parse(v)
+            raw = self.headers.get("To")
+            if raw is None:
+                raise SipParseError("missing To header")
+            v = self._to = NameAddr.parse(raw)
+        return v
 
     @property
     def call_id(self) -> str:
         v = self.headers.get("Call-ID")
         if not v:
-            raise SipParseError("missing Call-ID")
+            raise SipParseError("missing Call-ID header")
         return v
 
-    @cached_property
+    @property
     def cseq(self) -> CSeq:
-        v = self.headers.get("CSeq")
+        v = self._cseq
         if v is None:
-            raise SipParseError("missing CSeq")
-        return CSeq.parse(v)
+            raw = self.headers.get("CSeq")
+            if raw is None:
+                raise SipParseError("missing CSeq header")
+            v = self._cseq = CSeq.parse(raw)
+        return v
 
-    @cached_property
+    @property
     def contacts(self) -> list[NameAddr]:
         """Contact values; a lone ``*`` is returned as an empty list (see ``contact_star``)."""
-        vals = self.headers.get_all("Contact")
-        if vals == ["*"]:
-            return []
-        return [NameAddr.parse(v) for v in vals]
+        v = self._contacts
+        if v is None:
+            vals = self.headers.get_all("Contact")
+            v = [] if vals == ["*"] else [NameAddr.parse(x) for x in vals]
+            self._contacts = v
+        return v
 
     @property
     def contact_star(self) -> bool:
         return self.headers.get_all("Contact") == ["*"]
 
     def header_int(self, name: str) -> int | None:
+        """Integer value of a header (Expires, Max-Forwards …); None when absent."""
         v = self.headers.get(name)
         if v is None:
             return None
-        v = v.strip()
-        if not v.isdigit() or len(v) > 10:
-            raise SipParseError(f"bad {name} value {v[:20]!r}")
-        return int(v)
+        n = _ascii_int(v, 10)
+        if n is None:
+            raise SipParseError(f"bad {name} value {v.strip()[:20]!r}")
+        return n
+
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (0-255, validated by the parser); None when absent (RFC 2543 peers)."""
+        return self.header_int("Max-Forwards")
+
+    @property
+    def content_type(self) -> str | None:
+        """The media type of the body, lower-cased, without parameters (§20.15)."""
+        v = self.headers.get("Content-Type")
+        if v is None:
+            return None
+        m = _CONTENT_TYPE_RE.match(v)
+        if m is None:
+            raise SipParseError(f"bad Content-Type {v[:40]!r}")
+        return f"{m.group(1)}/{m.group(2)}".lower()
+
+    @property
+    def require(self) -> list[str]:
+        """Option tags of Require (§20.32); a UAS answers 420 for unknown ones (§8.2.2.3)."""
+        return _option_tags(self.headers, "Require")
+
+    @property
+    def proxy_require(self) -> list[str]:
+        """Option tags of Proxy-Require (§20.29)."""
+        return _option_tags(self.headers, "Proxy-Require")
+
+    @property
+    def supported(self) -> list[str]:
+        """Option tags of Supported (§20.37)."""
+        return _option_tags(self.headers, "Supported")
 
     def invalidate(self) -> None:
         """Forget cached parsed headers after ``headers`` was edited in place."""
-        for name in ("vias", "from_", "to", "cseq", "contacts"):
-            self.__dict__.pop(name, None)
+        self._vias = None
+        self._from = None
+        self._to = None
+        self._cseq = None
+        self._contacts = None
 
 
 @dataclass(eq=False)
@@ -158,12 +253,17 @@ class SipRequest(_Common):
                 and self.body == other.body and self.version == other.version)
 
     def __bytes__(self) -> bytes:
-        out = [f"{self.method} {self.uri} {self.version}\r\n"]
-        return _serialise(out, self.headers, self.body)
+        return _serialise(f"{self.method} {self.uri} {self.version}\r\n", self.headers,
+                          self.body)
 
     @property
     def is_request(self) -> bool:
         return True
+
+    @property
+    def uri_scheme_supported(self) -> bool:
+        """False for a Request-URI scheme other than sip/sips/tel: answer 416 (§8.2.2.1)."""
+        return self.uri.opaque is None
 
 
 @dataclass(eq=False)
@@ -182,23 +282,25 @@ class SipResponse(_Common):
                 and self.body == other.body and self.version == other.version)
 
     def __bytes__(self) -> bytes:
-        out = [f"{self.version} {self.status} {self.reason}\r\n"]
-        return _serialise(out, self.headers, self.body)
+        return _serialise(f"{self.version} {self.status} {self.reason}\r\n", self.headers,
+                          self.body)
 
     @property
     def is_request(self) -> bool:
         return False
 
 
-SipMessage = Union[SipRequest, SipResponse]
+SipMessage = SipRequest | SipResponse
 
 
-def _serialise(out: list[str], headers: Headers, body: bytes) -> bytes:
+def _serialise(start: str, headers: Headers, body: bytes) -> bytes:
+    out = [start]
     has_cl = False
     for n, v in headers:
         if n == "Content-Length":
+            if not has_cl:  # RFC 4475 §3.3.9: never emit two
+                out.append(f"Content-Length: {len(body)}\r\n")
             has_cl = True
-            out.append(f"Content-Length: {len(body)}\r\n")
         else:
             out.append(f"{n}: {v}\r\n")
     if not has_cl:
@@ -208,7 +310,12 @@ def _serialise(out: list[str], headers: Headers, body: bytes) -> bytes:
 
 
 class ParseFailure(SipParseError):
-    """A parse error with whatever request parts could be recovered for a 400."""
+    """A parse error with whatever could be recovered to answer it (RFC 3261 §8.2.6, §21.4.1).
+
+    ``reason`` names the problem precisely, ``status`` is the response code
+    (400, 505, 513 …), ``method``/``headers`` are what was recovered of a
+    request, ``is_request`` tells requests (answer) from responses (drop).
+    """
 
     def __init__(self, reason: str, status: int = 400, *, method: str | None = None,
                  headers: Headers | None = None, is_request: bool | None = None) -> None:
@@ -233,8 +340,10 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
     """Parse one complete SIP message. Raises only ``SipParseError`` (``ParseFailure``).
 
     With ``stream=False`` (datagrams) the body is whatever follows the blank
-    line, trimmed to Content-Length; a body shorter than Content-Length is an
-    error (§18.3). Stream framing is done by ``StreamParser`` before this.
+    line, trimmed to Content-Length, and octets past it are ignored (RFC 4475
+    §3.1.1.8); a body shorter than Content-Length is an error (§18.3). With
+    ``stream=True`` Content-Length is mandatory. Framing a byte stream is
+    ``StreamParser``'s job.
     """
     try:
         return _parse(data, stream)
@@ -242,112 +351,237 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
         raise
     except SipParseError as e:
         raise ParseFailure(e.reason, e.status) from None
-    except (ValueError, IndexError, UnicodeError, OverflowError) as e:  # defensive net
+    except (ValueError, IndexError, UnicodeError, OverflowError, RecursionError) as e:
         raise ParseFailure(f"malformed message ({type(e).__name__})") from None
+
+
+class _Fields:
+    """Start line, header fields and body of a message before semantic checks."""
+
+    __slots__ = ("start", "items", "bad", "body", "is_request")
+
+    def __init__(self, data: bytes) -> None:
+        # RFC 3261 §7.5: ignore CRLFs before the start-line
+        if data[:1] in (b"\r", b"\n"):
+            data = data.lstrip(b"\r\n")
+        if not data:
+            raise ParseFailure("empty message")
+        head_raw, self.body = _split_head(data)
+        head = _decode(head_raw)
+        bad: str | None = None
+        if "\r" in head:
+            if head.count("\r") != head.count("\r\n"):
+                bad = "bare CR in message head"
+            head = head.replace("\r\n", "\n")
+        if "\n " in head or "\n\t" in head:
+            head = _FOLD_RE.sub(" ", head)  # §7.3.1 line folding
+        lines = head.split("\n")
+        self.start = lines[0]
+        self.is_request = not self.start[:4].upper().startswith("SIP/")
+        if len(lines) > MAX_HEADERS:
+            raise ParseFailure(f"too many header fields ({len(lines) - 1})",
+                               is_request=self.is_request)
+        items: list[tuple[str, str]] = []
+        append = items.append
+        cache_get = _NAME_CACHE.get
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            cname = cache_get(name)
+            if cname is None:
+                if not colon:
+                    bad = bad or f"malformed header line {line[:40]!r}"
+                    continue
+                try:
+                    cname = canonical_name(name.rstrip(" \t"))
+                except SipParseError as e:
+                    bad = bad or e.reason
+                    continue
+                if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+                    _NAME_CACHE[name] = cname
+            append((cname, value.strip(" \t")))
+        if "\x00" in head:
+            for n, v in items:
+                if _UNESCAPED_NUL_RE.search(v):
+                    bad = bad or f"NUL character in {n} header"
+                    break
+            if "\x00" in self.start:
+                bad = bad or "NUL character in start line"
+        self.items = items
+        self.bad = bad
+
+
+def _request_line_problem(start: str) -> str:
+    if start != start.rstrip(" \t"):
+        return "trailing whitespace in Request-Line"
+    if "  " in start:
+        return "multiple spaces in Request-Line"
+    if start.count(" ") > 2:
+        return "whitespace inside the Request-URI"
+    return f"malformed Request-Line {start[:60]!r}"
 
 
 def _parse(data: bytes, stream: bool) -> SipMessage:
     if len(data) > MAX_MESSAGE_SIZE:
-        raise ParseFailure("message too large", 513)
-    # RFC 3261 §7.5: ignore CRLFs before the start-line
-    data = data.lstrip(b"\r\n")
-    if not data:
-        raise ParseFailure("empty message")
-    head_raw, body = _split_head(data)
-    head = _decode(head_raw)
-    if "\n " in head or "\n\t" in head:
-        head = _FOLD_RE.sub(" ", head)
-    lines = head.split("\r\n") if "\r\n" in head else head.split("\n")
-    start = lines[0]
-    is_request = not start.startswith("SIP/")
-    items: list[tuple[str, str]] = []
-    if len(lines) > MAX_HEADERS:
-        raise ParseFailure("too many header fields", 400, is_request=is_request)
-    bad_header: str | None = None
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, colon, value = line.partition(":")
-        name = name.rstrip(" \t")
-        if not colon or not name:
-            bad_header = bad_header or f"malformed header line {line[:40]!r}"
-            continue
-        try:
-            cname = canonical_name(name)
-        except SipParseError as e:
-            bad_header = bad_header or e.reason
-            continue
-        if "\x00" in value or "\r" in value or "\n" in value:
-            bad_header = bad_header or f"illegal character in {cname}"
-        items.append((cname, value.strip(" \t")))
-    headers = Headers._trusted(items)
+        headers: Headers | None = None
+        method: str | None = None
+        is_request: bool | None = None
+        try:  # recover what we can so a 513 can reach the sender
+            f = _Fields(data[:MAX_MESSAGE_SIZE])
+            headers = Headers._trusted(f.items)
+            is_request = f.is_request
+            method = f.start.split(" ", 1)[0] if f.is_request else None
+        except SipParseError:
+            pass
+        raise ParseFailure(f"message too large ({len(data)} bytes, limit {MAX_MESSAGE_SIZE})",
+                           513, method=method, headers=headers, is_request=is_request)
+    f = _Fields(data)
+    start = f.start
+    is_request = f.is_request
+    headers = Headers._trusted(f.items)
+    method = None
+    if is_request:
+        method = start.split(" ", 1)[0]
 
     def fail(reason: str, status: int = 400) -> ParseFailure:
-        method = start.split(" ", 1)[0] if is_request else None
         return ParseFailure(reason, status, method=method, headers=headers,
                             is_request=is_request)
 
-    if bad_header:
-        raise fail(bad_header)
-
-    # Content-Length framing (§18.3, §20.14)
-    cl_vals = headers.get_raw("Content-Length")
-    if len(cl_vals) > 1 and len(set(v.strip() for v in cl_vals)) > 1:
-        raise fail("conflicting Content-Length headers")
-    if cl_vals:
-        clt = cl_vals[0].strip()
-        if not clt.isdigit() or len(clt) > 9:
-            raise fail(f"bad Content-Length {clt[:20]!r}")
-        cl = int(clt)
-        if cl > len(body):
-            raise fail(f"Content-Length {cl} exceeds body of {len(body)} bytes")
-        body = body[:cl]
-    elif stream:
-        raise fail("missing Content-Length on a stream transport")
-
+    body = f.body
     msg: SipMessage
     if is_request:
-        m = _REQUEST_RE.match(start)
+        m = _REQUEST_RE.fullmatch(start)
         if m is None:
-            raise fail(f"malformed request line {start[:60]!r}")
-        method, uri_text, version = m.groups()
-        if not is_token(method):
-            raise fail(f"bad method {method[:20]!r}")
-        if version != "2.0":
-            raise fail(f"SIP version {version} not supported", 505)
+            raise fail(_request_line_problem(start))
+        method, uri_text, _, major, minor = m.groups()
+        if (major, minor) != ("2", "0"):
+            raise fail(f"SIP version {major}.{minor} not supported", 505)
         try:
             uri = Uri.parse(uri_text)
         except SipParseError as e:
             raise fail(f"bad Request-URI: {e.reason}") from None
+        if uri.headers:
+            # §19.1.1 table: headers are not allowed in a Request-URI (RFC 4475 §3.1.2.11)
+            raise fail("bad Request-URI: escaped headers are not allowed in a Request-URI")
         msg = SipRequest(method=method, uri=uri, headers=headers, body=body)
     else:
-        m = _STATUS_RE.match(start)
+        m = _STATUS_RE.fullmatch(start)
         if m is None:
-            raise fail(f"malformed status line {start[:60]!r}")
-        version, code, reason = m.groups()
-        if version != "2.0":
-            raise fail(f"SIP version {version} not supported", 505)
-        status = int(code)
-        if not 100 <= status <= 699:
-            raise fail(f"status code {status} out of range")
-        msg = SipResponse(status=status, reason=reason, headers=headers, body=body)
+            raise fail(f"malformed Status-Line {start[:60]!r}")
+        major, minor, code, reason = m.groups()
+        if (major, minor) != ("2", "0"):
+            raise fail(f"SIP version {major}.{minor} not supported", 505)
+        if len(code) != 3 or not "100" <= code <= "699":
+            raise fail(f"bad status code {code[:20]!r}")
+        msg = SipResponse(status=int(code), reason=reason or "", headers=headers, body=body)
+    if f.bad:
+        raise fail(f.bad)
 
-    # The mandatory headers of §8.1.1 must be present and well-formed.
+    # One pass over the fields: collect what gets validated, catch repeats (§7.3.1).
+    vias: list[str] = []
+    contacts: list[str] = []
+    single: dict[str, str] = {}
+    date: str | None = None
+    for n, v in f.items:
+        if n == "Via":
+            vias.append(v)
+        elif n == "Contact":
+            contacts.append(v)
+        elif n in _SINGLE:
+            if n in single:
+                if n == "Content-Length":
+                    raise fail("multiple Content-Length headers")
+                raise fail(f"multiple {n} headers")
+            single[n] = v
+        elif n == "Date" and date is None:
+            date = v
+    missing = [n for n in _MANDATORY if (n not in single if n != "Via" else not vias)]
+    if missing:
+        if len(missing) == 1:
+            raise fail(f"missing {missing[0]} header")
+        raise fail(f"missing {', '.join(missing[:-1])} and {missing[-1]} headers")
+
+    # Content-Length framing (§18.3, §20.14)
+    clt = single.get("Content-Length")
+    if clt is not None:
+        cl = _ascii_int(clt, 9)
+        if cl is None:
+            raise fail(f"bad Content-Length {clt[:20]!r}")
+        if cl > len(body):
+            raise fail(f"Content-Length {cl} exceeds the {len(body)} bytes of body received")
+        if cl < len(body):
+            msg.body = body[:cl]
+    elif stream:
+        raise fail("missing Content-Length on a stream transport")
+
     try:
-        for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-            if name not in headers:
-                raise SipParseError(f"missing {name} header")
-        msg.vias  # noqa: B018 - parse to validate
-        msg.from_  # noqa: B018
-        msg.to  # noqa: B018
-        cseq = msg.cseq
-        if isinstance(msg, SipRequest) and cseq.method != msg.method:
-            raise SipParseError(f"CSeq method {cseq.method} does not match {msg.method}")
-        if msg.headers.get("Max-Forwards") is not None:
-            msg.header_int("Max-Forwards")
+        cseq_text = single["CSeq"]
+        cm = CSEQ_RE.fullmatch(cseq_text)
+        if cm is None or len(cm.group(1)) > 10:
+            msg._cseq = CSeq.parse(cseq_text)
+        elif int(cm.group(1)) >= 2**31:
+            raise SipParseError(f"CSeq number {cm.group(1)} out of range")
+        cseq_method = cm.group(2) if cm is not None else msg.cseq.method
+        if isinstance(msg, SipRequest) and cseq_method != msg.method:
+            raise SipParseError(f"CSeq method {cseq_method} does not match "
+                                f"the Request-Line method {msg.method}")
+        call_id = single["Call-ID"]
+        if not _CALL_ID_RE.fullmatch(call_id):
+            raise SipParseError(f"bad Call-ID {call_id[:40]!r}")
+        for name in ("From", "To"):
+            value = single[name]
+            if NAME_ADDR_FAST_RE.fullmatch(value) is None:
+                try:
+                    addr = NameAddr.parse(value)
+                except SipParseError as e:
+                    raise SipParseError(f"bad {name} header: {e.reason}") from None
+                if name == "From":
+                    msg._from = addr
+                else:
+                    msg._to = addr
+        for value in vias:
+            if VIA_FAST_RE.fullmatch(value) is None:
+                try:
+                    for part in split_comma(value, strict=True):
+                        Via.parse(part)
+                except SipParseError as e:
+                    raise SipParseError(f"bad Via header: {e.reason}") from None
+        if contacts:
+            if contacts == ["*"]:
+                if isinstance(msg, SipRequest) and msg.method != "REGISTER":
+                    raise SipParseError("Contact '*' outside a REGISTER")
+            else:
+                _check_contacts(contacts)
+        mf = single.get("Max-Forwards")
+        if mf is not None:
+            hops = _ascii_int(mf, 10)
+            if hops is None or hops > 255:
+                raise SipParseError(f"bad Max-Forwards {mf[:20]!r}")
+        ct = single.get("Content-Type")
+        if ct is not None:
+            cm2 = _CONTENT_TYPE_RE.match(ct)
+            if cm2 is None:
+                raise SipParseError(f"bad Content-Type {ct[:40]!r}")
+            if cm2.end() < len(ct):
+                parse_header_params(ct[cm2.end() :])
+        if date is not None and _DATE_RE.fullmatch(date) is None:
+            raise SipParseError(f"bad Date {date[:40]!r} (must be an RFC 1123 date in GMT)")
     except SipParseError as e:
         raise fail(e.reason, e.status) from None
     return msg
+
+
+def _check_contacts(values: list[str]) -> None:
+    for value in values:
+        if NAME_ADDR_FAST_RE.fullmatch(value) is not None:
+            continue
+        try:
+            parts = split_comma(value, strict=True)
+            for part in parts:
+                if part == "*":
+                    raise SipParseError("'*' mixed with addresses")
+                NameAddr.parse(part)
+        except SipParseError as e:
+            raise SipParseError(f"bad Contact header: {e.reason}") from None
 
 
 class StreamParser:
@@ -375,7 +609,7 @@ class StreamParser:
         buf = self._buf
         while buf:
             # RFC 5626 §3.5.1: CRLFCRLF ping -> CRLF pong; lone CRLFs are ignored
-            if buf[:1] in (b"\r", b"\n"):
+            if buf[0] in (13, 10):
                 if buf.startswith(b"\r\n\r\n"):
                     out.append(self.PING)
                     del buf[:4]
@@ -423,8 +657,9 @@ _CL_RE = re.compile(rb"(?im)^(?:content-length|l)[ \t]*:[ \t]*(\d{1,9})[ \t]*\r?
 
 
 def _find_content_length(head: bytes) -> int | None:
-    m = _CL_RE.search(head)
-    return int(m.group(1)) if m else None
+    """Content-Length for framing; None when absent, unreadable or ambiguous (§18.3)."""
+    found = {int(m) for m in _CL_RE.findall(head)}
+    return found.pop() if len(found) == 1 else None
 
 
 # -- building messages ---------------------------------------------------------------
@@ -463,31 +698,61 @@ def build_response(request: SipRequest, status: int, reason: str | None = None,
 def build_error_response(failure: ParseFailure) -> bytes | None:
     """Bytes of a 400 (or the failure's status) for a malformed request, when §8.2.6 allows.
 
-    Returns None for responses (dropped, §18.1.2 / §16.7) and when the headers
-    needed to route a response back (a Via at least) are unusable.
+    The reason phrase and a ``Warning: 399`` header (§20.43) name the problem.
+    Returns None for responses and ACKs (dropped: §18.1.2, §17.2.3) and when no
+    usable Via tells where to send the answer (§18.2.2).
     """
     if not failure.is_request or failure.headers is None or failure.method == "ACK":
         return None
     h = failure.headers
-    items: list[tuple[str, str]] = []
-    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
-        for v in h.get_raw(name):
-            items.append((name, v))
-    vias = h.get_all("Via")
+    vias = h.get_raw("Via")
     if not vias:
         return None
-    try:
-        Via.parse(vias[0])
-    except SipParseError:
+    if not _usable_via(vias[0]):
         return None
+    items: list[tuple[str, str]] = [("Via", v) for v in vias]
+    for name in ("From", "To", "Call-ID", "CSeq"):
+        values = h.get_raw(name)
+        if not values:
+            continue
+        value = values[0]
+        if name == "To":
+            value = _with_to_tag(value, h)
+        items.append((name, value))
     reason = failure.reason.replace("\r", " ").replace("\n", " ")
     safe = reason.encode("ascii", "replace").decode("ascii")[:120]
+    safe = "".join(c if " " <= c <= "~" else "?" for c in safe)
     items.append(("Warning", f'399 sipgw "{safe.replace(chr(34), chr(39))}"'))
     phrase = REASONS.get(failure.status, "Bad Request")
     if failure.status == 400:
         phrase = f"Bad Request - {safe}"
     resp = SipResponse(status=failure.status, reason=phrase, headers=Headers._trusted(items))
     return bytes(resp)
+
+
+def _usable_via(value: str) -> bool:
+    """Whether the top Via names a sent-by we could answer to, even if its params are bad."""
+    m = VIA_HEAD_RE.match(value.strip(" \t"))
+    if m is None:
+        return False
+    host, port = m.group(4), m.group(5)
+    try:
+        split_hostport(host if port is None else f"{host}:{port}")
+    except SipParseError:
+        return False
+    return True
+
+
+def _with_to_tag(value: str, h: Headers) -> str:
+    """Add a To tag (§8.2.6.2), stable across retransmissions of the same request."""
+    try:
+        to = NameAddr.parse(value)
+    except SipParseError:
+        return value
+    if to.tag is not None:
+        return value
+    seed = "|".join(h.get_raw("Call-ID") + h.get_raw("Via")[:1]).encode("utf-8", "replace")
+    return str(to.with_tag(hashlib.sha256(seed).hexdigest()[:12]))
 
 
 def split_values(value: str) -> list[str]:
