@@ -146,6 +146,8 @@ class SipStreamProtocol(TwistedProtocol):
         if abort:
             self._t.abortConnection()
         else:
+            # TLS waits for the producer to go before it sends close_notify and hangs up
+            self._t.unregisterProducer()
             self._t.loseConnection()
 
     # -- bytes in ----------------------------------------------------------------------
