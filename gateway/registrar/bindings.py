@@ -172,7 +172,7 @@ class BindingStore:
             pipe = self.redis.pipeline(transaction=False)
             for a in aors[i:i + batch]:
                 aor = a.decode()
-                self._purge(keys=[keys.bindings(aor), keys.binding_expiry(aor),
+                await self._purge(keys=[keys.bindings(aor), keys.binding_expiry(aor),
                                   keys.registrations_index()],
                             args=[repr(now), aor, str(KEY_SLACK)], client=pipe)
             removed += sum(int(n) for n in await pipe.execute())
@@ -206,15 +206,16 @@ local function purge(hkey, zkey, now)
   end
   return #gone
 end
-local function retime(hkey, zkey, ikey, aor, slack)
+local function retime(hkey, zkey, ikey, aor, slack, now)
   local last = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
   if #last == 0 then
     redis.call('DEL', hkey, zkey)
     redis.call('ZREM', ikey, aor)
   else
-    local at = math.ceil((tonumber(last[2]) + slack) * 1000)
-    redis.call('PEXPIREAT', hkey, at)
-    redis.call('PEXPIREAT', zkey, at)
+    -- relative TTL: the caller's clock, not the server's, defines "now"
+    local ttl = math.max(1, math.ceil((tonumber(last[2]) - now + slack) * 1000))
+    redis.call('PEXPIRE', hkey, ttl)
+    redis.call('PEXPIRE', zkey, ttl)
     redis.call('ZADD', ikey, last[2], aor)
   end
 end
@@ -223,7 +224,7 @@ end
 # KEYS: 1 bindings hash, 2 expiry zset, 3 reg index; ARGV: 1 now, 2 aor, 3 key slack
 _PURGE_LUA = _COMMON_LUA + """
 local n = purge(KEYS[1], KEYS[2], tonumber(ARGV[1]))
-retime(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]))
+retime(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[1]))
 return n
 """
 
@@ -282,7 +283,7 @@ if ARGV[13] == '1' then
       end
     end
   end
-  retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]))
+  retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]), now)
 end
 local out = {'ok', ''}
 for _, v in ipairs(redis.call('HVALS', KEYS[2])) do table.insert(out, v) end

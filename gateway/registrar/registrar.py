@@ -1,0 +1,495 @@
+"""The REGISTER transaction user (RFC 3261 §10.3, RFC 5626 §6, RFC 3327 §5.3).
+
+``Registrar.handle_register`` runs the §10.3 steps on one request and always
+returns a response: domain and infrastructure errors map to a status with a
+``Warning`` (one place: ``_fail``). Redis work is two pipelined round trips
+for an authenticated REGISTER (admission + credentials, then one Lua update)
+and one for a challenge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from redis.exceptions import RedisError
+
+from gateway.registrar.auth import AuthStatus, DigestAuthenticator
+from gateway.registrar.bindings import Binding, BindingOp, BindingStore, RegisterUpdate
+from gateway.registrar.devices import DeviceStore, parse_auth, user_aor
+from gateway.registrar.guard import AbuseGuard, GuardConfig
+from gateway.sip.digest import DigestCredentials, DigestError
+from gateway.sip.errors import SipParseError
+from gateway.sip.headers import NameAddr
+from gateway.sip.message import SipRequest, SipResponse, build_response
+from gateway.sip.peer import Peer
+from gateway.sip.uri import Uri
+from gateway.state import keys
+
+log = logging.getLogger(__name__)
+
+
+# -- the firmware seam -------------------------------------------------------------
+
+class FirmwareVerdict(Protocol):
+    """What ``firmware_catalog`` returns for a User-Agent (only the parts we read)."""
+
+    @property
+    def admitted(self) -> bool: ...
+    @property
+    def flagged(self) -> bool: ...
+    @property
+    def compliance(self) -> Any: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def upgrade_to(self) -> Any: ...
+    @property
+    def device(self) -> Any: ...
+
+
+class FirmwarePolicy(Protocol):
+    """``firmware_catalog.load_catalog()`` satisfies this."""
+
+    def evaluate(self, user_agent: str) -> FirmwareVerdict: ...
+
+
+# -- configuration and metrics -------------------------------------------------------
+
+@dataclass(frozen=True)
+class RegistrarConfig:
+    """Registrar policy (RFC 3261 §10.3, RFC 5626 §4.4.1 Flow-Timer)."""
+
+    realm: str
+    min_expires: int = 60
+    max_expires: int = 3600
+    default_expires: int = 3600
+    expires_jitter: float = 0.1  # granted expiry loses up to this fraction, at random
+    max_bindings_per_aor: int = 10
+    nonce_ttl: int = 300
+    flow_timer: int = 120  # seconds between keep-alives on an outbound flow
+    max_pending: int = 5000  # REGISTERs in flight on this node before 503
+    store_timeout: float = 2.0  # a Redis round trip slower than this answers 503
+    retry_after: int = 30  # 503 Retry-After under overload / store failure
+    stale_paired_days: int = 30
+    stale_unpaired_days: int = 14
+    guard: GuardConfig = field(default_factory=GuardConfig)
+
+
+class RegistrarMetrics:
+    """Prometheus series of the registrar, on a registry passed in."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.results = Counter("sipgw_register_results", "REGISTER responses by status",
+                               ["status"], registry=registry)
+        self.auth_failures = Counter("sipgw_register_auth_failures",
+                                     "failed REGISTER digest checks", ["reason"],
+                                     registry=registry)
+        self.blocks = Counter("sipgw_register_blocks", "temporary blocks set",
+                              ["scope"], registry=registry)
+        self.active = Gauge("sipgw_registrations_active",
+                            "devices with live bindings by vendor/model/firmware verdict",
+                            ["vendor", "model", "verdict"], registry=registry)
+        self.blocked_sources = Gauge("sipgw_blocked_sources",
+                                     "source addresses currently blocked", registry=registry)
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, warning: str, headers: list[tuple[str, str]] | None = None,
+                 ) -> None:
+        super().__init__(warning)
+        self.status = status
+        self.warning = warning
+        self.headers = headers or []
+
+
+def _ascii(text: str, limit: int = 200) -> str:
+    safe = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "'" if c == '"' else " "
+                   for c in text)
+    return safe[:limit]
+
+
+# -- the registrar -------------------------------------------------------------------
+
+class Registrar:
+    """RFC 3261 §10.3 registrar over Redis, with RFC 5626 outbound and RFC 3327 Path."""
+
+    def __init__(self, store: BindingStore, devices: DeviceStore, auth: DigestAuthenticator,
+                 guard: AbuseGuard, firmware: FirmwarePolicy, config: RegistrarConfig,
+                 metrics: RegistrarMetrics | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.devices = devices
+        self.auth = auth
+        self.guard = guard
+        self.firmware = firmware
+        self.config = config
+        self.metrics = metrics
+        self.clock = clock
+        self.redis: aioredis.Redis = store.redis
+        self.pending = 0
+        self._verdicts: dict[str, FirmwareVerdict] = {}
+        self._rand = random.Random()
+
+    # -- public API --------------------------------------------------------------------
+    async def handle_register(self, request: SipRequest, peer: Peer, node_id: str,
+                              ) -> SipResponse:
+        """Answer one REGISTER. Never raises."""
+        self.pending += 1
+        try:
+            if self.pending > self.config.max_pending:
+                resp = self._fail(request, 503, "registrar overloaded",
+                                  [("Retry-After", str(self._retry_after()))])
+            else:
+                resp = await self._register(request, peer, node_id)
+        except _Reject as r:
+            resp = self._fail(request, r.status, r.warning, r.headers)
+        except (SipParseError, DigestError) as e:
+            resp = self._fail(request, 400, str(e))
+        except (RedisError, OSError, TimeoutError) as e:
+            log.warning("registration store unavailable: %s", e)
+            resp = self._fail(request, 503, "registration store unavailable",
+                              [("Retry-After", str(self._retry_after()))])
+        except Exception:  # the last net: a bug must not kill the transaction user
+            log.exception("REGISTER failed")
+            resp = self._fail(request, 500, "internal error")
+        finally:
+            self.pending -= 1
+        if self.metrics is not None:
+            self.metrics.results.labels(str(resp.status)).inc()
+        return resp
+
+    async def lookup(self, aor: str) -> list[Binding]:
+        """Live bindings of a device AOR, or of every device of a paired user's AOR."""
+        now = self.clock()
+        aor = _norm_aor(aor)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hvals(keys.bindings(aor))
+        pipe.smembers(keys.user_devices(aor))
+        own_raw, members = await asyncio.wait_for(pipe.execute(), self.config.store_timeout)
+        from gateway.registrar.bindings import _decode_live
+        out = _decode_live(own_raw, now)
+        if len(out) != len(own_raw):
+            await self.store.purge(aor, now)  # lazy purge: expired bindings found on read
+        if members:
+            pipe = self.redis.pipeline(transaction=False)
+            ids = sorted(m.decode() for m in members)
+            for i in ids:
+                pipe.hmget(keys.device(i), "sip_username", "realm")
+            aors = [f"sip:{u.decode()}@{r.decode()}" for u, r in await pipe.execute()
+                    if u and r]
+            for bl in (await self.store.get_many(aors, now)).values():
+                out.extend(bl)
+        return out
+
+    async def sweep_expired(self, now: float | None = None) -> int:
+        """Periodic: purge expired bindings and refresh the gauges."""
+        now = self.clock() if now is None else now
+        n = await self.store.sweep(now)
+        if self.metrics is not None:
+            await self.refresh_metrics(now)
+        return n
+
+    async def offboard_stale(self, now: float | None = None) -> list[str]:
+        from gateway.registrar.lifecycle import offboard_stale
+        return await offboard_stale(self.devices, self.clock() if now is None else now,
+                                    paired_days=self.config.stale_paired_days,
+                                    unpaired_days=self.config.stale_unpaired_days)
+
+    async def refresh_metrics(self, now: float) -> None:
+        if self.metrics is None:
+            return
+        aors = await self.store.active_aors(now)
+        by_aor = await self.store.get_many(aors, now)
+        ids = sorted({b.device_id for bl in by_aor.values() for b in bl if b.device_id})
+        counts: dict[tuple[str, str, str], int] = {}
+        if ids:
+            pipe = self.redis.pipeline(transaction=False)
+            for i in ids:
+                pipe.hmget(keys.device(i), "vendor", "model", "fw_compliance")
+            for vendor, model, verdict in await pipe.execute():
+                label = tuple((x or b"").decode() or "unknown" for x in (vendor, model, verdict))
+                counts[label] = counts.get(label, 0) + 1  # type: ignore[index]
+        self.metrics.active.clear()
+        for (vendor, model, verdict), n in counts.items():
+            self.metrics.active.labels(vendor, model, verdict).set(n)
+        self.metrics.blocked_sources.set(await self.guard.blocked_sources())
+
+    # -- §10.3 ---------------------------------------------------------------------------
+    async def _register(self, request: SipRequest, peer: Peer, node_id: str) -> SipResponse:
+        cfg = self.config
+        now = self.clock()
+        if request.method != "REGISTER":
+            raise _Reject(405, "only REGISTER is handled here", [("Allow", "REGISTER")])
+        to_uri = request.to.uri
+        if not to_uri.is_sip or not to_uri.user:
+            raise _Reject(404, "To must be the sip: URI of a device account")
+        creds = self.auth.credentials(request)  # DigestError -> 400
+        username = creds.username if creds is not None else None
+        if username is not None and len(username) > 128:
+            username = username[:128]
+
+        # Round trip 1: admission counters and blocks, plus the credentials to check.
+        pipe = self.redis.pipeline(transaction=False)
+        n = self.guard.queue_check(pipe, peer.host, username, now)
+        if username is not None:
+            self.devices.queue_get_auth(pipe, username)
+        results = await asyncio.wait_for(pipe.execute(), cfg.store_timeout)
+        adm = self.guard.parse_check(results[:n], now)
+        auth = parse_auth(results[n]) if username is not None else None
+
+        if adm.source_blocked:
+            raise _Reject(403, "too many failed attempts from this address; try later")
+        if adm.source_limited or adm.account_limited:
+            raise _Reject(503, "request rate limit exceeded",
+                          [("Retry-After", str(adm.retry_after))])
+        if creds is None:
+            return self._challenge(request, now)
+        if adm.account_blocked and not (auth is not None and auth.last_ip == peer.host):
+            raise _Reject(403, "too many failed attempts for this account; try later")
+
+        status = self.auth.verify(creds, request.method,
+                                  auth.ha1 if auth is not None else None, now)
+        if status is AuthStatus.BAD_NONCE:
+            return self._challenge(request, now)
+        if status is AuthStatus.FAILED or auth is None or \
+                _unescape(to_uri.user) != creds.username:
+            await self._count_failure(peer.host, creds.username, "bad_credentials")
+            raise _Reject(403, "authentication failed")
+        if status is AuthStatus.STALE:
+            return self._challenge(request, now, stale=True)
+
+        # Authenticated. The firmware verdict applies to every REGISTER.
+        ua = request.headers.get("User-Agent") or ""
+        verdict = self._evaluate(ua)
+        fields = _verdict_fields(verdict, ua, now)
+        aor = f"sip:{creds.username}@{self.auth.realm}"
+        base = dict(aor=aor, device_id=auth.device_id, username=creds.username,
+                    call_id=request.call_id, cseq=request.cseq.number, nonce=creds.nonce,
+                    nc=_nc(creds), nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host,
+                    device_fields=fields)
+        if not verdict.admitted:
+            await self._apply(RegisterUpdate(**base, apply=False), now)  # type: ignore[arg-type]
+            raise _Reject(403, verdict.reason or "device firmware not admitted")
+
+        ops, wildcard, outbound, path = self._contact_ops(request, peer, node_id, aor,
+                                                          auth.device_id, ua, now)
+        result = await self._apply(
+            RegisterUpdate(**base, ops=ops, wildcard=wildcard), now)  # type: ignore[arg-type]
+        if result.outcome == "replay":
+            # A reused nonce count: a replay, or a phone that never increments nc. Either way
+            # a fresh nonce is the cure; not counted as a failure (the digest was right).
+            return self._challenge(request, now, stale=True)
+        if result.outcome == "cseq":
+            raise _Reject(500, "out-of-order REGISTER (same Call-ID, CSeq not higher)",
+                          [("Retry-After", "1")])
+        if result.outcome == "toomany":
+            raise _Reject(403, f"too many bindings: at most {cfg.max_bindings_per_aor} "
+                               "contacts per address-of-record")
+        if result.outcome == "gone":
+            raise _Reject(403, "authentication failed")
+        if wildcard or any(op.binding is None for op in ops):
+            reason = request.headers.get("Reason")
+            log.info("bindings removed for %s from %s%s", aor, peer,
+                     f" (Reason: {_ascii(reason)})" if reason else "")
+        return self._ok(request, result.bindings, now, outbound=outbound, path=path)
+
+    def _contact_ops(self, request: SipRequest, peer: Peer, node_id: str, aor: str,
+                     device_id: str, ua: str, now: float,
+                     ) -> tuple[list[BindingOp], bool, bool, list[str]]:
+        cfg = self.config
+        raw_contacts = request.headers.get_all("Contact")
+        expires_hdr = request.header_int("Expires")
+        if "*" in raw_contacts:
+            # RFC 3261 §10.3 step 6
+            if raw_contacts != ["*"] or expires_hdr != 0:
+                raise _Reject(400, "Contact '*' needs Expires: 0 and no other contact")
+            return [], True, False, []
+        supported = {t.strip().lower() for v in request.headers.get_all("Supported")
+                     for t in v.split(",")}
+        path = request.headers.get_all("Path")
+        ops: list[BindingOp] = []
+        seen: set[str] = set()
+        too_brief = False
+        outbound_used = False
+        for c in request.contacts:
+            requested = _contact_expires(c, expires_hdr, cfg.default_expires)
+            instance = c.param("+sip.instance")
+            reg_id_text = c.param("reg-id")
+            outbound = "outbound" in supported and bool(instance) and reg_id_text is not None
+            reg_id: int | None = None
+            if outbound:
+                assert reg_id_text is not None
+                if not reg_id_text.isdigit() or not 1 <= int(reg_id_text) < 2**31:
+                    raise _Reject(400, f"bad reg-id {reg_id_text[:12]!r}")
+                reg_id = int(reg_id_text)
+                key = f"ob:{instance}:{reg_id}"
+            else:
+                key = f"uri:{c.uri}"
+            if key in seen:
+                continue
+            seen.add(key)
+            if requested == 0:
+                ops.append(BindingOp(key))
+                continue
+            if requested < cfg.min_expires:
+                too_brief = True
+                continue
+            if outbound:
+                if outbound_used:
+                    # RFC 5626 §6: one flow per REGISTER
+                    raise _Reject(400, "more than one Contact with reg-id")
+                outbound_used = True
+                if path and not NameAddr.parse(path[-1]).uri.has_param("ob"):
+                    raise _Reject(439, "first hop lacks outbound support")
+            granted = min(requested, cfg.max_expires)
+            if cfg.expires_jitter > 0:
+                granted = max(cfg.min_expires,
+                              int(granted - self._rand.uniform(0, cfg.expires_jitter) * granted))
+            q = _q(c)
+            contact = NameAddr(uri=c.uri, display=c.display,
+                               params=tuple((k, v) for k, v in c.params if k != "expires"))
+            ops.append(BindingOp(key, Binding(
+                key=key, aor=aor, contact=str(contact), uri=str(c.uri), expires=now + granted,
+                q=q, call_id=request.call_id, cseq=request.cseq.number, instance=instance,
+                reg_id=reg_id, outbound=outbound, path=tuple(path), transport=peer.transport,
+                host=peer.host, port=peer.port, flow=peer.flow, node_id=node_id,
+                user_agent=_ascii(ua, 200), device_id=device_id, registered=now)))
+        if too_brief:
+            raise _Reject(423, f"expiry below the minimum of {cfg.min_expires}s",
+                          [("Min-Expires", str(cfg.min_expires))])
+        return ops, False, outbound_used, path
+
+    async def _apply(self, update: RegisterUpdate, now: float) -> Any:
+        return await asyncio.wait_for(
+            self.store.apply(update, now, self.config.max_bindings_per_aor),
+            self.config.store_timeout)
+
+    async def _count_failure(self, ip: str, username: str | None, reason: str) -> None:
+        out = await asyncio.wait_for(self.guard.record_failure(ip, username),
+                                     self.config.store_timeout)
+        if self.metrics is not None:
+            self.metrics.auth_failures.labels(reason).inc()
+            if out.source_blocked_now:
+                self.metrics.blocks.labels("source").inc()
+            if out.account_blocked_now:
+                self.metrics.blocks.labels("account").inc()
+        if out.source_blocked_now:
+            log.warning("blocking %s after repeated authentication failures", ip)
+        if out.account_blocked_now:
+            log.warning("blocking account %r after repeated authentication failures",
+                        _ascii(username or "", 64))
+
+    def _evaluate(self, ua: str) -> FirmwareVerdict:
+        v = self._verdicts.get(ua)
+        if v is None:
+            v = self.firmware.evaluate(ua)
+            if len(self._verdicts) > 4096:
+                self._verdicts.clear()
+            self._verdicts[ua] = v
+        return v
+
+    # -- responses ----------------------------------------------------------------------
+    def _retry_after(self) -> int:
+        base = self.config.retry_after
+        return base + self._rand.randint(0, max(1, base // 2))
+
+    def _challenge(self, request: SipRequest, now: float, *, stale: bool = False) -> SipResponse:
+        headers = [("WWW-Authenticate", ch) for ch in self.auth.challenges(now, stale=stale)]
+        return build_response(request, 401, to_tag=_tag(), headers=headers)
+
+    def _fail(self, request: SipRequest, status: int, warning: str,
+              headers: list[tuple[str, str]] | None = None) -> SipResponse:
+        """The one place a registrar error becomes a SIP status with a Warning (RFC 3261 §20.43)."""
+        hs = list(headers or [])
+        hs.append(("Warning", f'399 {self.auth.realm} "{_ascii(warning)}"'))
+        try:
+            return build_response(request, status, to_tag=_tag(), headers=hs)
+        except SipParseError:
+            return build_response(request, status, headers=hs)
+
+    def _ok(self, request: SipRequest, bindings: list[Binding], now: float, *,
+            outbound: bool, path: list[str]) -> SipResponse:
+        hs: list[tuple[str, str]] = []
+        for b in bindings:
+            hs.append(("Contact", f"{b.contact};expires={b.remaining(now)}"))
+        hs.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        if outbound:
+            # RFC 5626 §6: the registrar confirms it honoured reg-id, and sets the interval.
+            hs.append(("Require", "outbound"))
+            hs.append(("Flow-Timer", str(self.config.flow_timer)))
+        for p in path:
+            hs.append(("Path", p))  # RFC 3327 §5.3
+        hs.append(("Supported", "outbound, path"))
+        return build_response(request, 200, to_tag=_tag(), headers=hs)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def _tag() -> str:
+    return secrets.token_hex(6)
+
+
+def _unescape(user: str) -> str:
+    from urllib.parse import unquote
+    return unquote(user)
+
+
+def _norm_aor(aor: str) -> str:
+    try:
+        return Uri.parse(aor).aor()
+    except SipParseError:
+        return aor
+
+
+def _nc(creds: DigestCredentials) -> int:
+    # Without qop there is no nc: the nonce is then good for one REGISTER (nc=1).
+    return creds.nc if creds.nc is not None else 1
+
+
+def _contact_expires(c: NameAddr, header: int | None, default: int) -> int:
+    e = c.param("expires")
+    if e is not None:
+        e = e.strip()
+        if not e.isdigit() or len(e) > 10:
+            raise _Reject(400, f"bad expires parameter {e[:12]!r}")
+        return int(e)
+    return header if header is not None else default
+
+
+def _q(c: NameAddr) -> float | None:
+    q = c.param("q")
+    if q is None:
+        return None
+    try:
+        v = float(q)
+    except ValueError:
+        raise _Reject(400, f"bad q value {q[:12]!r}") from None
+    if not 0.0 <= v <= 1.0 or len(q) > 5:
+        raise _Reject(400, f"bad q value {q[:12]!r}")
+    return v
+
+
+def _verdict_fields(v: FirmwareVerdict, ua: str, now: float) -> dict[str, str]:
+    comp = getattr(v.compliance, "name", None) or str(v.compliance)
+    dev = getattr(v, "device", None)
+    return {
+        "fw_compliance": comp, "fw_admitted": "1" if v.admitted else "0",
+        "fw_flagged": "1" if v.flagged else "0", "fw_reason": _ascii(v.reason or "", 300),
+        "fw_upgrade_to": str(v.upgrade_to or ""),
+        "fw_firmware": str(getattr(dev, "firmware", "") or ""),
+        "fw_user_agent": _ascii(ua, 200), "fw_checked": repr(now),
+    }
+
+
+__all__ = ["FirmwarePolicy", "FirmwareVerdict", "Registrar", "RegistrarConfig",
+           "RegistrarMetrics", "user_aor"]
