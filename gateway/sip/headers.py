@@ -163,6 +163,11 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+_HPARAM_RE = re.compile(
+    r"[ \t]*;[ \t]*(" + _TOKEN + r")(?:[ \t]*=[ \t]*(\"(?:[^\"\\\r\n]|\\[^\r\n])*\""
+    r"|[A-Za-z0-9\-.!%*_+`'~\[\]:]+))?[ \t]*")
+
+
 def parse_header_params(text: str) -> Params:
     """Parse generic header parameters ``;a=b;c="quoted";flag`` (RFC 3261 §25.1 generic-param).
 
@@ -171,49 +176,34 @@ def parse_header_params(text: str) -> Params:
     re-serialisation is faithful; use ``unquote_param`` to read them.
     """
     out: list[tuple[str, str | None]] = []
-    i = 0
+    pos = 0
     n = len(text)
-    while i < n and text[i] in " \t":
-        i += 1
-    while i < n:
-        if text[i] != ";":
-            raise SipParseError(f"junk in parameters: {text[i:i + 30]!r}")
-        i += 1
-        while i < n and text[i] in " \t":
-            i += 1
-        j = i
-        while j < n and text[j] not in "=; \t":
-            j += 1
-        name = text[i:j]
-        if not name:
-            raise SipParseError("empty parameter")
-        if not _TOKEN_RE.fullmatch(name):
-            raise SipParseError(f"bad parameter name {name[:40]!r}")
-        while j < n and text[j] in " \t":
-            j += 1
-        if j < n and text[j] == "=":
-            j += 1
-            while j < n and text[j] in " \t":
-                j += 1
-            if j < n and text[j] == '"':
-                _, end = parse_quoted(text, j)
-                value = text[j:end]
-                j = end
-            else:
-                k = j
-                while k < n and text[k] not in "; \t":
-                    k += 1
-                value = text[j:k]
-                if not _PARAM_VALUE_RE.fullmatch(value):
-                    raise SipParseError(f"bad value for parameter {name[:40]!r}")
-                j = k
-            out.append((name.lower(), value))
-        else:
-            out.append((name.lower(), None))
-        while j < n and text[j] in " \t":
-            j += 1
-        i = j
-    return tuple(out)
+    match = _HPARAM_RE.match
+    while pos < n:
+        m = match(text, pos)
+        if m is None:
+            break
+        out.append((m.group(1).lower(), m.group(2)))
+        pos = m.end()
+    else:
+        return tuple(out)
+    rest = text[pos:].lstrip(" \t")
+    if not rest:
+        return tuple(out)
+    if rest[0] == "=" and out:
+        value = rest[1:].lstrip(" \t")
+        if value.startswith('"'):
+            parse_quoted(value, 0)  # raises on an unterminated quote
+        raise SipParseError(f"bad value for parameter {out[-1][0][:40]!r}")
+    if rest[0] != ";":
+        raise SipParseError(f"junk in parameters: {rest[:30]!r}")
+    after = rest[1:].lstrip(" \t")
+    if not after or after[0] == ";":
+        raise SipParseError("empty parameter")
+    name = re.split(r"[ \t=;]", after, maxsplit=1)[0]
+    if not _TOKEN_RE.fullmatch(name):
+        raise SipParseError(f"bad parameter name {name[:40]!r}")
+    raise SipParseError(f"bad parameter {after[:40]!r}")
 
 
 def unquote_param(value: str | None) -> str | None:

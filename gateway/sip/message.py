@@ -62,7 +62,8 @@ _UNESCAPED_NUL_RE = re.compile(r"(?<!\\)\x00")
 # Headers of which a message may carry only one (§7.3.1, §20; RFC 4475 §3.3.8/§3.3.9).
 _SINGLE = frozenset({"From", "To", "Call-ID", "CSeq", "Max-Forwards", "Content-Length",
                      "Content-Type"})
-_MANDATORY = ("Via", "From", "To", "Call-ID", "CSeq")
+_MANDATORY_ORDER = ("Via", "From", "To", "Call-ID", "CSeq")
+_MANDATORY = frozenset(_MANDATORY_ORDER)
 REASONS = {
     100: "Trying", 180: "Ringing", 181: "Call Is Being Forwarded", 182: "Queued",
     183: "Session Progress", 200: "OK", 202: "Accepted", 204: "No Notification",
@@ -355,59 +356,57 @@ def parse_message(data: bytes, *, stream: bool = False) -> SipMessage:
         raise ParseFailure(f"malformed message ({type(e).__name__})") from None
 
 
-class _Fields:
-    """Start line, header fields and body of a message before semantic checks."""
+def _slow_name(name: str, colon: str, bad: list[str]) -> str:
+    """Canonical name of a header line's name outside the cache; '' (and a reason) if bad."""
+    if not colon:
+        bad.append(f"malformed header line {name[:40]!r}")
+        return ""
+    try:
+        cname = canonical_name(name.rstrip(" \t"))
+    except SipParseError as e:
+        bad.append(e.reason)
+        return ""
+    if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+        _NAME_CACHE[name] = cname
+    return cname
 
-    __slots__ = ("start", "items", "bad", "body", "is_request")
 
-    def __init__(self, data: bytes) -> None:
-        # RFC 3261 §7.5: ignore CRLFs before the start-line
-        if data[:1] in (b"\r", b"\n"):
-            data = data.lstrip(b"\r\n")
-        if not data:
-            raise ParseFailure("empty message")
-        head_raw, self.body = _split_head(data)
-        head = _decode(head_raw)
-        bad: str | None = None
+def _fields(data: bytes) -> tuple[str, list[tuple[str, str]], str | None, bytes]:
+    """Split a message into start line, (canonical name, value) fields, first problem, body."""
+    # RFC 3261 §7.5: ignore CRLFs before the start-line
+    if data[:1] in (b"\r", b"\n"):
+        data = data.lstrip(b"\r\n")
+    if not data:
+        raise ParseFailure("empty message")
+    head_raw, body = _split_head(data)
+    head = _decode(head_raw)
+    bad: list[str] = []
+    if "\n " in head or "\n\t" in head:
+        head = _FOLD_RE.sub(" ", head)  # §7.3.1 line folding
+    lines = head.split("\r\n")
+    nlines = len(lines) - 1
+    if head.count("\n") != nlines or head.count("\r") != nlines:
+        # bare LF line ends (tolerated) or a bare CR (not)
+        head = head.replace("\r\n", "\n")
         if "\r" in head:
-            if head.count("\r") != head.count("\r\n"):
-                bad = "bare CR in message head"
-            head = head.replace("\r\n", "\n")
-        if "\n " in head or "\n\t" in head:
-            head = _FOLD_RE.sub(" ", head)  # §7.3.1 line folding
+            bad.append("bare CR in message head")
         lines = head.split("\n")
-        self.start = lines[0]
-        self.is_request = not self.start[:4].upper().startswith("SIP/")
-        if len(lines) > MAX_HEADERS:
-            raise ParseFailure(f"too many header fields ({len(lines) - 1})",
-                               is_request=self.is_request)
-        items: list[tuple[str, str]] = []
-        append = items.append
-        cache_get = _NAME_CACHE.get
-        for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            cname = cache_get(name)
-            if cname is None:
-                if not colon:
-                    bad = bad or f"malformed header line {line[:40]!r}"
-                    continue
-                try:
-                    cname = canonical_name(name.rstrip(" \t"))
-                except SipParseError as e:
-                    bad = bad or e.reason
-                    continue
-                if len(_NAME_CACHE) < _NAME_CACHE_MAX:
-                    _NAME_CACHE[name] = cname
-            append((cname, value.strip(" \t")))
-        if "\x00" in head:
-            for n, v in items:
-                if _UNESCAPED_NUL_RE.search(v):
-                    bad = bad or f"NUL character in {n} header"
-                    break
-            if "\x00" in self.start:
-                bad = bad or "NUL character in start line"
-        self.items = items
-        self.bad = bad
+    if len(lines) > MAX_HEADERS:
+        raise ParseFailure(f"too many header fields ({len(lines) - 1})",
+                           is_request=not lines[0][:4].upper().startswith("SIP/"))
+    cache_get = _NAME_CACHE.get
+    items = [((cache_get(n) if c else None) or _slow_name(n, c, bad), v.strip(" \t"))
+             for n, c, v in [line.partition(":") for line in lines[1:]]]
+    if bad:
+        items = [it for it in items if it[0]]
+    if "\x00" in head:
+        for n, v in items:
+            if _UNESCAPED_NUL_RE.search(v):
+                bad.append(f"NUL character in {n} header")
+                break
+        if "\x00" in lines[0]:
+            bad.append("NUL character in start line")
+    return lines[0], items, (bad[0] if bad else None), body
 
 
 def _request_line_problem(start: str) -> str:
@@ -426,27 +425,23 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
         method: str | None = None
         is_request: bool | None = None
         try:  # recover what we can so a 513 can reach the sender
-            f = _Fields(data[:MAX_MESSAGE_SIZE])
-            headers = Headers._trusted(f.items)
-            is_request = f.is_request
-            method = f.start.split(" ", 1)[0] if f.is_request else None
+            start, items, _, _ = _fields(data[:MAX_MESSAGE_SIZE])
+            headers = Headers._trusted(items)
+            is_request = not start[:4].upper().startswith("SIP/")
+            method = start.split(" ", 1)[0] if is_request else None
         except SipParseError:
             pass
         raise ParseFailure(f"message too large ({len(data)} bytes, limit {MAX_MESSAGE_SIZE})",
                            513, method=method, headers=headers, is_request=is_request)
-    f = _Fields(data)
-    start = f.start
-    is_request = f.is_request
-    headers = Headers._trusted(f.items)
-    method = None
-    if is_request:
-        method = start.split(" ", 1)[0]
+    start, items, bad, body = _fields(data)
+    is_request = not start[:4].upper().startswith("SIP/")
+    headers = Headers._trusted(items)
+    method = start.split(" ", 1)[0] if is_request else None
 
     def fail(reason: str, status: int = 400) -> ParseFailure:
         return ParseFailure(reason, status, method=method, headers=headers,
                             is_request=is_request)
 
-    body = f.body
     msg: SipMessage
     if is_request:
         m = _REQUEST_RE.fullmatch(start)
@@ -473,29 +468,34 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
         if len(code) != 3 or not "100" <= code <= "699":
             raise fail(f"bad status code {code[:20]!r}")
         msg = SipResponse(status=int(code), reason=reason or "", headers=headers, body=body)
-    if f.bad:
-        raise fail(f.bad)
+    if bad:
+        raise fail(bad)
 
-    # One pass over the fields: collect what gets validated, catch repeats (§7.3.1).
-    vias: list[str] = []
-    contacts: list[str] = []
-    single: dict[str, str] = {}
-    date: str | None = None
-    for n, v in f.items:
-        if n == "Via":
-            vias.append(v)
-        elif n == "Contact":
-            contacts.append(v)
-        elif n in _SINGLE:
-            if n in single:
-                if n == "Content-Length":
-                    raise fail("multiple Content-Length headers")
-                raise fail(f"multiple {n} headers")
-            single[n] = v
-        elif n == "Date" and date is None:
-            date = v
-    missing = [n for n in _MANDATORY if (n not in single if n != "Via" else not vias)]
-    if missing:
+    # Single-valued headers must not repeat (§7.3.1; RFC 4475 §3.3.8, §3.3.9). dict()
+    # runs in C; only a message with some repeated name needs the slower look.
+    single = dict(items)
+    if len(single) == len(items):
+        v = single.get("Via")
+        vias = [v] if v is not None else []
+        v = single.get("Contact")
+        contacts = [v] if v is not None else []
+    else:
+        vias = []
+        contacts = []
+        seen: set[str] = set()
+        for n, v in items:
+            if n == "Via":
+                vias.append(v)
+            elif n == "Contact":
+                contacts.append(v)
+            elif n in _SINGLE:
+                if n in seen:
+                    raise fail(f"multiple {n} headers")
+                seen.add(n)
+            seen.add(n)
+    date = single.get("Date")
+    if not _MANDATORY.issubset(single.keys()):
+        missing = [n for n in _MANDATORY_ORDER if n not in single]
         if len(missing) == 1:
             raise fail(f"missing {missing[0]} header")
         raise fail(f"missing {', '.join(missing[:-1])} and {missing[-1]} headers")
