@@ -241,7 +241,7 @@ class DeviceStore:
         pipe.zrem(keys.registrations_index(), aor)
         user = _s(h, "user")
         if user:
-            pipe.srem(keys.user_devices(user_aor(user, self.realm)), device_id)
+            pipe.srem(keys.user_devices(user_aor(user, _s(h, "realm") or self.realm)), device_id)
         await pipe.execute()
         return True
 
