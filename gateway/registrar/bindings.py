@@ -112,7 +112,8 @@ class BindingStore:
     """Bindings per AOR in Redis; the only writer of ``sipgw:reg:*`` keys."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.redis = redis
+        # redis-py's return types are bytes|str unions; results are bytes (no decoding)
+        self.redis: Any = redis
         self._register = redis.register_script(_REGISTER_LUA)
         self._purge = redis.register_script(_PURGE_LUA)
 
@@ -137,7 +138,7 @@ class BindingStore:
         return RegisterResult("ok", _decode_live(res[2:], now))
 
     async def get(self, aor: str, now: float) -> list[Binding]:
-        raw = await self.redis.hvals(keys.bindings(aor))  # type: ignore[misc]
+        raw = await self.redis.hvals(keys.bindings(aor))
         live = _decode_live(raw, now)
         if len(live) != len(raw):
             await self.purge(aor, now)

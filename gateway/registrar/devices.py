@@ -9,6 +9,7 @@ REGISTER hot path reads. Key layout: ``gateway/state/SCHEMA.md``.
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
 import time
@@ -167,7 +168,8 @@ class DeviceStore:
 
     def __init__(self, redis: aioredis.Redis, realm: str,
                  clock: Callable[[], float] = time.time) -> None:
-        self.redis = redis
+        # redis-py's return types are bytes|str unions; results are bytes (no decoding)
+        self.redis: Any = redis
         self.realm = realm
         self.clock = clock
 
@@ -186,7 +188,7 @@ class DeviceStore:
         dev_key = keys.device(device_id)
         auth_key = keys.device_auth(username)
         # WATCH-free atomic create: the script refuses if the MAC or username is taken.
-        ok = await self.redis.eval(  # type: ignore[misc]
+        ok = await self.redis.eval(
             _ADD_LUA, 3, dev_key, auth_key, keys.devices_seen(),
             device_id, vendor, model, tenant, username, self.realm, str(now),
             creds.ha1_md5, creds.ha1_sha256)
@@ -199,10 +201,10 @@ class DeviceStore:
         return dev, creds
 
     async def get(self, device_id: str) -> Device | None:
-        h = await self.redis.hgetall(keys.device(device_id))  # type: ignore[misc]
+        h = await self.redis.hgetall(keys.device(device_id))
         if not h:
             return None
-        auth = await self.redis.hgetall(  # type: ignore[misc]
+        auth = await self.redis.hgetall(
             keys.device_auth(_s(h, "sip_username")))
         return device_from_hash(h, auth)
 
@@ -211,13 +213,13 @@ class DeviceStore:
         return None if rec is None else await self.get(rec.device_id)
 
     async def get_auth(self, username: str) -> AuthRecord | None:
-        return parse_auth(await self.redis.hgetall(keys.device_auth(username)))  # type: ignore[misc]
+        return parse_auth(await self.redis.hgetall(keys.device_auth(username)))
 
     def queue_get_auth(self, pipe: Any, username: str) -> None:
         """Add the auth lookup to a caller's pipeline (parse the result with ``parse_auth``)."""
         pipe.hgetall(keys.device_auth(username))
 
-    async def list(self, *, tenant: str | None = None) -> list[Device]:
+    async def list(self, *, tenant: str | None = None) -> builtins.list[Device]:
         ids = [i.decode() for i in await self.redis.zrange(keys.devices_seen(), 0, -1)]
         if not ids:
             return []
@@ -229,7 +231,7 @@ class DeviceStore:
 
     async def remove(self, device_id: str) -> bool:
         """Delete the device, its credentials, its bindings and its user alias."""
-        h = await self.redis.hgetall(keys.device(device_id))  # type: ignore[misc]
+        h = await self.redis.hgetall(keys.device(device_id))
         if not h:
             return False
         username = _s(h, "sip_username")
@@ -247,7 +249,7 @@ class DeviceStore:
 
     async def set_paired(self, device_id: str, user: str) -> None:
         """Bind the device to a user: its bindings become reachable as the user's AOR."""
-        h = await self.redis.hgetall(keys.device(device_id))  # type: ignore[misc]
+        h = await self.redis.hgetall(keys.device(device_id))
         if not h:
             raise DeviceError(f"no device {device_id}")
         old = _s(h, "user")
@@ -259,7 +261,7 @@ class DeviceStore:
         await pipe.execute()
 
     async def set_unpaired(self, device_id: str) -> None:
-        h = await self.redis.hgetall(keys.device(device_id))  # type: ignore[misc]
+        h = await self.redis.hgetall(keys.device(device_id))
         if not h:
             raise DeviceError(f"no device {device_id}")
         old = _s(h, "user")
@@ -276,8 +278,8 @@ class DeviceStore:
         pipe.zadd(keys.devices_seen(), {device_id: now}, xx=True)
         await pipe.execute()
 
-    async def devices_of_user(self, user: str) -> list[str]:
-        members = await self.redis.smembers(  # type: ignore[misc]
+    async def devices_of_user(self, user: str) -> builtins.list[str]:
+        members = await self.redis.smembers(
             keys.user_devices(user_aor(user, self.realm)))
         return sorted(m.decode() for m in members)
 

@@ -61,7 +61,8 @@ class AbuseGuard:
     """Redis-backed counters and blocks (``sipgw:rl:*``, ``sipgw:fail:*``, ``sipgw:block:*``)."""
 
     def __init__(self, redis: aioredis.Redis, config: GuardConfig | None = None) -> None:
-        self.redis = redis
+        # redis-py's return types are bytes|str unions; results are bytes (no decoding)
+        self.redis: Any = redis
         self.config = config or GuardConfig()
         self._fail = redis.register_script(_FAIL_LUA)
 

@@ -10,6 +10,7 @@ and one for a challenge.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import random
@@ -19,7 +20,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
@@ -135,7 +135,7 @@ class Registrar:
         self.config = config
         self.metrics = metrics
         self.clock = clock
-        self.redis: aioredis.Redis = store.redis
+        self.redis: Any = store.redis
         self.pending = 0
         self._verdicts: dict[str, FirmwareVerdict] = {}
         self._rand = random.Random()
@@ -217,8 +217,8 @@ class Registrar:
             for i in ids:
                 pipe.hmget(keys.device(i), "vendor", "model", "fw_compliance")
             for vendor, model, verdict in await pipe.execute():
-                label = tuple((x or b"").decode() or "unknown" for x in (vendor, model, verdict))
-                counts[label] = counts.get(label, 0) + 1  # type: ignore[index]
+                v, m, c = ((x or b"").decode() or "unknown" for x in (vendor, model, verdict))
+                counts[(v, m, c)] = counts.get((v, m, c), 0) + 1
         self.metrics.active.clear()
         for (vendor, model, verdict), n in counts.items():
             self.metrics.active.labels(vendor, model, verdict).set(n)
@@ -273,18 +273,18 @@ class Registrar:
         verdict = self._evaluate(ua)
         fields = _verdict_fields(verdict, ua, now)
         aor = f"sip:{creds.username}@{self.auth.realm}"
-        base = dict(aor=aor, device_id=auth.device_id, username=creds.username,
-                    call_id=request.call_id, cseq=request.cseq.number, nonce=creds.nonce,
-                    nc=_nc(creds), nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host,
-                    device_fields=fields)
+        base = RegisterUpdate(
+            aor=aor, device_id=auth.device_id, username=creds.username,
+            call_id=request.call_id, cseq=request.cseq.number, nonce=creds.nonce, nc=_nc(creds),
+            nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host, device_fields=fields)
         if not verdict.admitted:
-            await self._apply(RegisterUpdate(**base, apply=False), now)  # type: ignore[arg-type]
+            await self._apply(dataclasses.replace(base, apply=False), now)
             raise _Reject(403, verdict.reason or "device firmware not admitted")
 
         ops, wildcard, outbound, path = self._contact_ops(request, peer, node_id, aor,
                                                           auth.device_id, ua, now)
         result = await self._apply(
-            RegisterUpdate(**base, ops=ops, wildcard=wildcard), now)  # type: ignore[arg-type]
+            dataclasses.replace(base, ops=ops, wildcard=wildcard), now)
         if result.outcome == "replay":
             # A reused nonce count: a replay, or a phone that never increments nc. Either way
             # a fresh nonce is the cure; not counted as a failure (the digest was right).
