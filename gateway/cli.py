@@ -88,7 +88,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_catalog(args: argparse.Namespace) -> int:
     from firmware_catalog.cli import main as catalog_main
 
-    return catalog_main(args.rest)
+    return catalog_main(args.rest, prog="sipgw catalog")
 
 
 def run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--defaults", action="store_true", help="list all settings and defaults")
     c.set_defaults(func=cmd_config)
 
-    cat = sub.add_parser("catalog", help="firmware catalog: `catalog check \"<User-Agent>\"` "
-                                         "prints the compliance verdict; `catalog list`")
+    cat = sub.add_parser("catalog", add_help=False,
+                         help="firmware catalog: `catalog check \"<User-Agent>\"` prints the "
+                              "compliance verdict; `catalog list [--vendor V]` the table")
     cat.add_argument("rest", nargs=argparse.REMAINDER, help="check \"<User-Agent>\" | list")
     cat.set_defaults(func=cmd_catalog)
     return p
