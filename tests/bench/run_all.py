@@ -1,0 +1,591 @@
+"""`make bench`: the gateway side by side with Kamailio, in one run, on this machine.
+
+Usage: ``.venv/bin/python tests/bench/run_all.py [--quick] [--only parse,options,register,calls]``
+
+Method (DESIGN.md, "Performance: where the bar sits"): the server under test is
+pinned to core 0 (Kamailio with one UDP worker; the gateway with the Valkey it
+starts), SIPp and the latency probe to core 1, loopback only. Each load is an
+open-loop SIPp run at a fixed rate for a bounded time, no retransmissions, a
+2 s receive timeout; a step passes when fewer than 0.1% of transactions fail
+and SIPp delivered at least 93% of the asked rate. A short calibration step
+estimates capacity from the server's CPU use, then the rate is stepped up or
+down to the boundary; the sustained figure is the highest passing step.
+Latency comes from ``probe.py`` (sequential requests at a low fixed rate,
+timed with perf_counter_ns) during each step, because SIPp's own figures
+tick in 4 ms steps. Run-to-run noise is 10-25%, so only the ratio to Kamailio
+measured in the same run means anything.
+
+Exit status: 0 when every benchmark ran (a gateway feature that is not there
+yet prints "not available yet"), 2 when the harness itself failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent.parent))
+
+from harness import (  # noqa: E402
+    LOAD_CORE,
+    SERVER_CORE,
+    GatewayServer,
+    HarnessError,
+    Kamailio,
+    Server,
+    Sipp,
+    SippResult,
+    cores_available,
+    cpu_seconds,
+    pin_prefix,
+    rss_bytes,
+)
+
+PYTHON = sys.executable
+REALM = "sipgw.localhost"
+KAMAILIO_PASSWORD = "bench-secret"
+USER_AGENT = "Yealink SIP-T54W 96.86.0.100"  # admitted by the firmware catalog
+FAILURE_BUDGET = 0.001
+DELIVERY = 0.93
+
+
+class NotAvailable(Exception):  # noqa: N818 - a state, not an error of the harness
+    """The gateway does not offer what this benchmark needs yet."""
+
+
+@dataclass
+class Settings:
+    step_seconds: float
+    max_steps: int
+    calibrate_seconds: float
+    probe_rate: float
+    devices: int
+    held_calls: int
+    parse_seconds: float
+
+
+FULL = Settings(step_seconds=8, max_steps=7, calibrate_seconds=3, probe_rate=50,
+                devices=2000, held_calls=5000, parse_seconds=2)
+QUICK = Settings(step_seconds=2.5, max_steps=3, calibrate_seconds=2, probe_rate=50,
+                 devices=200, held_calls=300, parse_seconds=0.5)
+
+
+@dataclass
+class Step:
+    """One fixed-rate load step and what was seen during it."""
+
+    target: float
+    sipp: SippResult
+    cpu: float  # server CPU seconds per wall second (1.0 = one full core)
+    load_cpu: float  # SIPp CPU seconds per wall second
+    probe: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return (self.sipp.failure_ratio < FAILURE_BUDGET
+                and self.sipp.rate >= DELIVERY * self.target)
+
+    def line(self) -> str:
+        p = self.probe
+        lat = (f"p50 {fmt_us(p.get('p50_us'))} p99 {fmt_us(p.get('p99_us'))}"
+               if p.get("n") else f"probe: {p.get('error') or 'no samples'}")
+        return (f"    {self.target:9,.0f}/s asked  {self.sipp.rate:9,.0f}/s done  "
+                f"failed {self.sipp.failed:6,} ({100 * self.sipp.failure_ratio:.3f}%)  "
+                f"server cpu {self.cpu:4.2f}  sipp cpu {self.load_cpu:4.2f}  {lat}  "
+                f"{'ok' if self.passed else 'FAIL'}")
+
+
+@dataclass
+class Outcome:
+    """The sustained figure of one server in one benchmark."""
+
+    server: str
+    rate: float | None = None
+    step: Step | None = None
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def short(self, unit: str = "/s") -> str:
+        if self.rate is None:
+            return self.note or "n/a"
+        return f"{self.rate:,.0f}{unit}"
+
+
+def fmt_us(v: Any) -> str:
+    if not isinstance(v, (int, float)) or v != v:
+        return "-"
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} us"
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- load steps ----------------------------------------------------------------------------
+class ProbeRun:
+    """``probe.py`` as a child pinned to the load core, started after SIPp warms up."""
+
+    def __init__(self, server: Server, kind: str, seconds: float, rate: float,
+                 args: list[str]) -> None:
+        self.cmd = [*pin_prefix(LOAD_CORE), PYTHON, str(HERE / "probe.py"),
+                    "--target", f"{server.host}:{server.port}", "--kind", kind,
+                    "--rate", str(rate), "--seconds", f"{seconds:.2f}", *args]
+        self.seconds = seconds
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, stdin=subprocess.DEVNULL)
+
+    def result(self) -> dict[str, Any]:
+        if self.proc is None:
+            return {"error": "not started"}
+        try:
+            out, err = self.proc.communicate(timeout=self.seconds + 15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise HarnessError("latency probe did not finish") from None
+        if self.proc.returncode != 0:
+            raise HarnessError(f"latency probe failed ({self.proc.returncode}):\n{err[-1500:]}")
+        try:
+            return dict(json.loads(out))
+        except ValueError:
+            raise HarnessError(f"latency probe printed no JSON: {out[-500:]!r}") from None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@dataclass
+class Load:
+    """How to drive one benchmark against one server."""
+
+    scenario: str
+    sipp_args: list[str]
+    probe_kind: str
+    probe_args: list[str]
+    limit_seconds: float = 0.5  # SIPp's outstanding-call cap, in seconds of load
+    hold_seconds: float = 0.0  # -d: how long each call is held
+
+
+def run_step(server: Server, load: Load, rate: float, seconds: float, settings: Settings,
+             *, probe: bool = True, track_rss: bool = False) -> Step:
+    calls = max(1, int(rate * seconds))
+    limit = max(200, int(rate * (load.limit_seconds + load.hold_seconds)))
+    extra = list(load.sipp_args)
+    if load.hold_seconds:
+        extra += ["-d", str(int(load.hold_seconds * 1000))]
+    sipp = Sipp(load.scenario, (server.host, server.port), calls=calls, rate=rate,
+                limit=limit, max_seconds=seconds + load.hold_seconds + 20, extra=extra)
+    warm = min(1.0, seconds / 4)
+    pr = (ProbeRun(server, load.probe_kind, max(0.5, seconds - warm - 0.3),
+                   settings.probe_rate, load.probe_args) if probe else None)
+    rss_peak = [0]
+    stop_rss = threading.Event()
+
+    def watch_rss() -> None:
+        while not stop_rss.wait(0.25):
+            rss_peak[0] = max(rss_peak[0], rss_bytes(server.pid))
+
+    watcher = threading.Thread(target=watch_rss, daemon=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+    try:
+        sipp.start()
+        watcher.start()
+        if pr is not None:
+            time.sleep(warm)  # let SIPp reach its rate before sampling latency
+            pr.start()
+        result = sipp.wait()
+        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        probe_result = pr.result() if pr is not None else {}
+    finally:
+        stop_rss.set()
+        if pr is not None:
+            pr.stop()
+        sipp.cleanup()
+    if result.successful + result.failed == 0:
+        raise HarnessError(f"SIPp {load.scenario} completed no transaction at all "
+                           f"(exit {result.returncode}): {result.errors[-800:]}")
+    load_cpu = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+    step = Step(rate, result, (cpu1 - cpu0) / (t1 - t0), load_cpu / (t1 - t0), probe_result)
+    if track_rss:
+        step.probe["rss_peak"] = rss_peak[0]
+    return step
+
+
+def find_sustained(server: Server, load: Load, settings: Settings, *, start: float,
+                   ceiling: float) -> Outcome:
+    """Calibrate on CPU use, then step the rate to the < 0.1%-failure boundary."""
+    say(f"  {server.name}: calibrating at {start:,.0f}/s")
+    cal = run_step(server, load, start, settings.calibrate_seconds, settings, probe=False)
+    say(cal.line())
+    if not cal.passed:
+        rate = start * 0.5
+    else:
+        rate = min(ceiling, 0.8 * start / max(cal.cpu, 0.02))
+    best: Step | None = cal if cal.passed else None
+    last_ok: bool | None = None
+    for _ in range(settings.max_steps):
+        step = run_step(server, load, rate, settings.step_seconds, settings)
+        say(step.line())
+        if step.passed:
+            if best is None or step.sipp.rate > best.sipp.rate or not best.probe:
+                best = step
+            if last_ok is False or rate >= ceiling:
+                break
+            saturated_load = step.load_cpu > 0.9
+            if saturated_load:
+                say("    (SIPp is near a full core: the load generator, not the server, "
+                    "may be the limit)")
+                break
+            rate = min(ceiling, rate * (1.15 if step.cpu > 0.85 else 1.3))
+        else:
+            if last_ok is True:
+                break
+            rate *= 0.75
+        last_ok = step.passed
+    if best is None:
+        return Outcome(server.name, note="no passing rate")
+    return Outcome(server.name, best.sipp.rate, best)
+
+
+# -- servers -------------------------------------------------------------------------------
+@contextmanager
+def kamailio(cfg: str, **kw: Any) -> Iterator[Kamailio]:
+    k = Kamailio(cfg, **kw)
+    try:
+        k.start()
+        yield k
+    finally:
+        k.stop()
+
+
+@contextmanager
+def gateway(overrides: dict[str, dict[str, Any]] | None = None) -> Iterator[GatewayServer]:
+    with tempfile.TemporaryDirectory(prefix="bench-sipgw-") as tmp:
+        gw = GatewayServer(Path(tmp), {"sip": {"domain": REALM}, "server": {"log_level": "warning"},
+                                       **(overrides or {})})
+        try:
+            try:
+                gw.start()
+            except RuntimeError as e:
+                lines = [ln for ln in str(e).splitlines() if ln.strip()]
+                raise NotAvailable("gateway did not start: "
+                                   + (lines[-1] if lines else str(e))) from None
+            yield gw
+        finally:
+            gw.stop()
+
+
+def ratio(a: Outcome, b: Outcome) -> float | None:
+    if a.rate is None or b.rate is None or b.rate == 0:
+        return None
+    return a.rate / b.rate
+
+
+def latency_text(o: Outcome) -> str:
+    if o.step is None or not o.step.probe.get("n"):
+        return ""
+    p = o.step.probe
+    return f"p50 {fmt_us(p['p50_us'])} p99 {fmt_us(p['p99_us'])}"
+
+
+@dataclass
+class Row:
+    """One line of the final summary table."""
+
+    name: str
+    sipgw: str
+    kamailio: str
+    ratio: float | None
+    target: str
+    verdict: str = ""
+
+
+def compare(name: str, gw: Outcome, km: Outcome, target: str,
+            checks: Callable[[Outcome, float | None], bool]) -> Row:
+    r = ratio(gw, km)
+    rtext = f"{r:.2f}" if r is not None else "-"
+    say(f"{name:9} sipgw {gw.short():>12}  kamailio {km.short():>12}  ratio {rtext}")
+    for o in (gw, km):
+        if latency_text(o):
+            say(f"{'':9} {o.server:8} latency under load {latency_text(o)}")
+    verdict = "" if gw.rate is None else ("meets target" if checks(gw, r) else "BELOW target")
+    return Row(name, gw.short(), km.short(), r, target, verdict)
+
+
+# -- 1. parse ------------------------------------------------------------------------------
+def bench_parse(settings: Settings) -> Row:
+    say("== 1. SIP parse rate (one core, tests/bench/bench_parse.py)")
+    script = HERE / "bench_parse.py"
+    if not script.exists():
+        say("  bench_parse.py not present: not available yet")
+        return Row("PARSE", "not available yet", "-", None, "-")
+    out = subprocess.run([PYTHON, str(script), "--seconds", str(settings.parse_seconds)],
+                         capture_output=True, text=True, timeout=300, check=False)
+    for line in out.stdout.splitlines():
+        say("  " + line)
+    if out.returncode != 0:
+        say("  bench_parse.py failed: not available yet\n" + out.stderr[-1500:])
+        return Row("PARSE", "failed", "-", None, "-")
+    figure = "-"
+    for line in out.stdout.splitlines():
+        if line.startswith("REGISTER"):
+            figure = line.split()[-3] + " REGISTER/s"
+            break
+    return Row("PARSE", figure, "-", None, "-")
+
+
+# -- 2. OPTIONS ----------------------------------------------------------------------------
+OPTIONS_LOAD = Load("options_uac.xml", [], "options", [])
+
+
+def bench_options(settings: Settings) -> Row:
+    say("== 2. OPTIONS round trips/s (stateless 200), < 0.1% failures")
+    with kamailio("options.cfg") as k:
+        km = find_sustained(k, OPTIONS_LOAD, settings, start=3000, ceiling=100_000)
+    try:
+        with gateway() as g:
+            gw = find_sustained(g, OPTIONS_LOAD, settings, start=1000, ceiling=100_000)
+    except NotAvailable as e:
+        say(f"  sipgw: not available yet ({e})")
+        gw = Outcome("sipgw", note="not available yet")
+    return compare("OPTIONS", gw, km, ">= 0.25 x kamailio",
+                   lambda o, r: r is not None and r >= 0.25)
+
+
+# -- 3. REGISTER ---------------------------------------------------------------------------
+def write_devices_csv(path: Path, devices: list[tuple[str, str, str]]) -> Path:
+    """SIPp -inf file: user; [authentication ...] keyword; domain; User-Agent."""
+    lines = ["SEQUENTIAL"]
+    for user, password, ua in devices:
+        lines.append(f"{user};[authentication username={user} password={password}];"
+                     f"{REALM};{ua}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+async def _provision(host: str, port: int, count: int) -> list[tuple[str, str, str]]:
+    try:
+        from gateway.registrar.admin import add_device
+    except ImportError as e:
+        raise NotAvailable(f"gateway.registrar.admin.add_device missing ({e})") from None
+    from gateway.state.redis import connect
+
+    redis = connect(f"redis://{host}:{port}/0")
+    out: list[tuple[str, str, str]] = []
+    try:
+        sem = asyncio.Semaphore(32)
+
+        async def one(i: int) -> tuple[str, str, str]:
+            mac = f"0015{0x650000 + i:08x}"[-12:]
+            async with sem:
+                dev, password = await add_device(redis, mac, "Yealink", "T54W", "bench", REALM)
+            return dev.sip_username, password, f"{USER_AGENT} {mac}"
+
+        out = list(await asyncio.gather(*(one(i) for i in range(count))))
+    finally:
+        await redis.aclose()
+    return out
+
+
+def register_probe_args(user: str, password: str, ua: str) -> list[str]:
+    return ["--user", user, "--password", password, "--domain", REALM, "--user-agent", ua]
+
+
+def bench_register(settings: Settings) -> Row:
+    say(f"== 3. REGISTER with digest/s (401 + REGISTER, {settings.devices} devices), "
+        "< 0.1% failures")
+    with tempfile.TemporaryDirectory(prefix="bench-register-") as tmp:
+        kdevs = [(f"dev{i:05d}", KAMAILIO_PASSWORD, USER_AGENT)
+                 for i in range(settings.devices + 1)]
+        csv_k = write_devices_csv(Path(tmp) / "kamailio.csv", kdevs[1:])
+        load_k = Load("register_uac.xml", ["-inf", str(csv_k)], "register",
+                      register_probe_args(*kdevs[0]))
+        with kamailio("registrar.cfg", defines={"BENCH_PASSWORD": KAMAILIO_PASSWORD}) as k:
+            km = find_sustained(k, load_k, settings, start=2000, ceiling=50_000)
+        try:
+            with gateway({"redis": {"embedded_tcp_port": 0}}) as g:
+                vk = g.valkey_tcp()
+                if vk is None:
+                    raise NotAvailable("gateway printed no 'listening valkey tcp' line")
+                devs = asyncio.run(_provision(vk[0], vk[1], settings.devices + 1))
+                csv_g = write_devices_csv(Path(tmp) / "sipgw.csv", devs[1:])
+                gload = Load("register_uac.xml", ["-inf", str(csv_g)], "register",
+                             register_probe_args(*devs[0]))
+                check = Sipp("register_uac.xml", (g.host, g.port), calls=1, rate=1,
+                             max_seconds=10, extra=["-inf", str(csv_g)])
+                try:
+                    one = check.start().wait()
+                finally:
+                    check.cleanup()
+                if one.successful != 1:
+                    raise NotAvailable("one REGISTER with digest did not succeed: "
+                                       + one.errors.strip().splitlines()[-1][-300:]
+                                       if one.errors.strip() else "no 200")
+                gw = find_sustained(g, gload, settings, start=500, ceiling=50_000)
+        except NotAvailable as e:
+            say(f"  sipgw: not available yet ({e})")
+            gw = Outcome("sipgw", note="not available yet")
+    return compare("REGISTER", gw, km, ">= 0.25 x kamailio and >= 3,000/s",
+                   lambda o, r: r is not None and r >= 0.25 and (o.rate or 0) >= 3000)
+
+
+# -- 4. calls ------------------------------------------------------------------------------
+def invite_status(host: str, port: int) -> int | None:
+    """Send one INVITE (no SDP) and return the final status, or None on silence."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2.0)
+        lport = s.getsockname()[1]
+        cid = f"bench-invite-{time.monotonic_ns()}@127.0.0.1"
+        msg = (f"INVITE sip:callee@{host}:{port} SIP/2.0\r\n"
+               f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{os.urandom(6).hex()};rport\r\n"
+               f"Max-Forwards: 70\r\nFrom: <sip:bench@127.0.0.1:{lport}>;tag=b{lport}\r\n"
+               f"To: <sip:callee@{host}:{port}>\r\nCall-ID: {cid}\r\nCSeq: 1 INVITE\r\n"
+               f"Contact: <sip:bench@127.0.0.1:{lport}>\r\nContent-Length: 0\r\n\r\n")
+        s.sendto(msg.encode(), (host, port))
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            try:
+                data = s.recv(65535)
+            except TimeoutError:
+                return None
+            parts = data.split(b" ", 2)
+            if len(parts) > 1 and parts[1].isdigit() and int(parts[1]) >= 200:
+                return int(parts[1])
+    return None
+
+
+def bench_calls(settings: Settings) -> Row:
+    say("== 4. Calls/s: SIPp UAC -> server -> SIPp UAS, INVITE...BYE without media")
+    uas = Sipp("call_uas.xml", None, max_seconds=3600)
+    km = Outcome("kamailio")
+    try:
+        uas.start()
+        load = Load("call_uac.xml", ["-s", "callee"], "call", ["--service", "callee"],
+                    limit_seconds=1.0)
+        with kamailio("proxy.cfg", defines={"BENCH_UAS": f"sip:127.0.0.1:{uas.port}"}) as k:
+            km = find_sustained(k, load, settings, start=200, ceiling=20_000)
+            if km.rate:
+                km.extra["held"] = held_dialogs(k, load, settings, km.rate)
+    finally:
+        uas.cleanup()
+    try:
+        with gateway() as g:
+            status = invite_status(g.host, g.port)
+            if status is None or status == 501:
+                raise NotAvailable(f"INVITE answered {status or 'nothing'}")
+            raise NotAvailable(f"INVITE answered {status}; the paired-device set-up for the "
+                               "B2BUA bench is not defined yet")
+    except NotAvailable as e:
+        say(f"  sipgw: not available yet ({e})")
+        gw = Outcome("sipgw", note="not available yet")
+    row = compare("CALLS", gw, km, "-", lambda o, r: True)
+    for o in (gw, km):
+        held = o.extra.get("held")
+        if held:
+            say(f"{'':9} {o.server:8} {held}")
+    return row
+
+
+def held_dialogs(server: Server, load: Load, settings: Settings, sustained: float) -> str:
+    """Hold ``settings.held_calls`` calls at once (-d) at half the sustained rate."""
+    rate = max(10.0, sustained * 0.5)
+    hold = settings.held_calls / rate
+    held = Load(load.scenario, load.sipp_args, load.probe_kind, load.probe_args,
+                limit_seconds=1.0, hold_seconds=hold)
+    say(f"  {server.name}: holding {settings.held_calls:,} calls "
+        f"({rate:,.0f}/s, each held {hold:.1f} s)")
+    rss0 = rss_bytes(server.pid)
+    step = run_step(server, held, rate, hold * 1.5, settings, probe=False, track_rss=True)
+    say(step.line())
+    peak = step.probe.get("rss_peak", 0)
+    return (f"held {settings.held_calls:,} concurrent calls: "
+            f"failed {100 * step.sipp.failure_ratio:.3f}%, "
+            f"RSS {rss0 / 2**20:.0f} -> {peak / 2**20:.0f} MiB "
+            f"{'ok' if step.sipp.failure_ratio < FAILURE_BUDGET else 'FAIL'}")
+
+
+# -- main ----------------------------------------------------------------------------------
+BENCHES: dict[str, Callable[[Settings], Row]] = {
+    "parse": bench_parse, "options": bench_options,
+    "register": bench_register, "calls": bench_calls,
+}
+
+
+def preflight() -> None:
+    from harness import KAMAILIO, SIPP
+
+    for tool in (KAMAILIO, SIPP):
+        if not os.access(tool, os.X_OK):
+            raise HarnessError(f"{tool} not found: run `make bench-tools`")
+    if len(cores_available()) < 2:
+        say("warning: fewer than 2 cores available; server and load share a core")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:  # SIPp wants a descriptor budget above its -l call limit
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="short runs, for smoke checks")
+    ap.add_argument("--only", default=",".join(BENCHES),
+                    help="comma-separated subset of: " + ", ".join(BENCHES))
+    args = ap.parse_args()
+    chosen = [b.strip() for b in args.only.split(",") if b.strip()]
+    unknown = [b for b in chosen if b not in BENCHES]
+    if unknown:
+        ap.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    settings = QUICK if args.quick else FULL
+    say(f"sipgw benchmarks ({'quick' if args.quick else 'full'}): server on core "
+        f"{SERVER_CORE}, SIPp and probe on core {LOAD_CORE}, loopback UDP; "
+        f"{os.cpu_count()} cores, python {sys.version.split()[0]}")
+    rows: list[Row] = []
+    try:
+        preflight()
+        for name in chosen:
+            say()
+            rows.append(BENCHES[name](settings))
+    except HarnessError as e:
+        say(f"\nHARNESS FAILURE: {e}")
+        return 2
+    except Exception:  # noqa: BLE001 - a bug in the harness must be loud, not a half table
+        say("\nHARNESS FAILURE (unexpected exception):")
+        traceback.print_exc()
+        return 2
+    say()
+    say("== summary (same run, same machine; compare ratios, not absolute figures)")
+    say(f"{'bench':9} {'sipgw':>20} {'kamailio':>12} {'ratio':>6}  target")
+    for r in rows:
+        rt = f"{r.ratio:.2f}" if r.ratio is not None else "-"
+        say(f"{r.name:9} {r.sipgw:>20} {r.kamailio:>12} {rt:>6}  {r.target} {r.verdict}".rstrip())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
