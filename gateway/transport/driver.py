@@ -379,6 +379,9 @@ class SipDriver:
         if not self._stopped:
             # RFC 3261 §18.4 / RFC 5626 §5.3: the stack fails what depended on this flow
             self._transport_error(conn.peer)
+            if conn.target is not None:
+                # requests we sent before the connection had a flow name the bare address
+                self._transport_error(Peer(conn.transport_name, *conn.target))
             self.flush()
 
     def connect_failed(self, factory: SipStreamClientFactory, reason: Failure) -> None:

@@ -140,3 +140,56 @@ async def test_tcp_connection_gauge_follows_connections(sip: InProcessSip) -> No
         assert sip.metrics.sample("sip_tcp_connections", {"transport": "TCP"}) == 1
     finally:
         c.close()
+
+
+# -- SIPp against the real `sipgw serve` process ---------------------------------------
+
+SIPP_SCENARIO = Path(__file__).parent / "sipp" / "options_uac.xml"
+
+
+def _free_port(kind: int) -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("proto,flag", [("udp", "u1"), ("tcp", "t1"), ("tls", "l1")])
+def test_sipp_options_against_gateway_process(tmp_path: Path, proto: str, flag: str) -> None:
+    import socket
+    import subprocess
+
+    import httpx
+    from conftest import require_tool
+
+    from .gateway_process import GatewayProcess
+
+    sipp = require_tool("sipp")
+    if proto == "tls" and "TLS" not in subprocess.run(
+            [sipp, "-v"], capture_output=True, text=True).stdout:
+        pytest.skip("this SIPp build has no TLS (its -v lacks TLS); TLS is covered by the "
+                    "raw-socket tests above")
+    pytest.importorskip("gateway.sip.stack", reason="gateway.sip.stack not landed yet")
+    calls = 200
+    with GatewayProcess(tmp_path) as gw:
+        host, port = gw.sip(proto)
+        cmd = [sipp, "-sf", str(SIPP_SCENARIO), "-t", flag, "-m", str(calls), "-r", "100",
+               "-rp", "1000", "-l", "50", "-i", "127.0.0.1",
+               "-p", str(_free_port(socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM)),
+               "-timeout", "60s", "-timeout_error", "-nostdin",
+               "-trace_err", "-error_file", str(tmp_path / "sipp_errors.log"),
+               f"{host}:{port}"]
+        if proto == "tls":
+            [cert] = list(gw.data_dir.rglob("dev-server.crt"))
+            cmd[1:1] = ["-tls_cert", str(cert), "-tls_key", str(cert.with_suffix(".key"))]
+        run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        errors = (tmp_path / "sipp_errors.log")
+        detail = (run.stdout[-2000:] + run.stderr[-2000:]
+                  + (errors.read_text()[-2000:] if errors.exists() else "") + gw.output()[-2000:])
+        assert run.returncode == 0, detail
+        text = httpx.get(gw.metrics_url, timeout=10).text
+        wanted = ('sip_messages_received_total{kind="request",method="OPTIONS",status="",'
+                  f'transport="{proto.upper()}"}}')
+        line = next((x for x in text.splitlines() if x.startswith(wanted)), None)
+        assert line is not None and float(line.split()[-1]) >= calls, text[-3000:]

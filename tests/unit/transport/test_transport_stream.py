@@ -189,6 +189,11 @@ def test_request_without_flow_opens_connection_and_flushes_queue(harness: Harnes
     harness.driver.send_request(req, Peer("TCP", "198.51.100.9", 5061))
     assert tr.value().count(b"OPTIONS sip:") == 2
     assert len(harness.reactor.tcpClients) == 1
+    # when it breaks, both the flow and the bare address it was dialled for are reported
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert harness.stack.transport_errors == [
+        Peer("TCP", "198.51.100.9", 5061, proto.flow), Peer("TCP", "198.51.100.9", 5061)]
+    assert not harness.driver.flow_alive(proto.flow)
 
 
 def test_failed_outbound_connection_reports_transport_error(harness: Harness) -> None:
