@@ -440,6 +440,16 @@ class CSeq:
         return f"{self.number} {self.method}"
 
 
+def _lookup(name: str) -> str:
+    c = _NAME_CACHE.get(name)
+    if c is not None:
+        return c
+    try:
+        return canonical_name(name)
+    except SipParseError:
+        return name
+
+
 class Headers:
     """Ordered, case-insensitive multi-map of header fields (RFC 3261 §7.3)."""
 
@@ -471,7 +481,7 @@ class Headers:
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """First value of ``name`` (not split at commas)."""
-        name = _CANONICAL.get(name.lower(), name)
+        name = _lookup(name)
         for n, v in self._items:
             if n == name:
                 return v
@@ -479,7 +489,7 @@ class Headers:
 
     def get_all(self, name: str) -> list[str]:
         """Every value of ``name``, split at top-level commas unless the header forbids it."""
-        name = _CANONICAL.get(name.lower(), name)
+        name = _lookup(name)
         raw = [v for n, v in self._items if n == name]
         if name in UNSPLITTABLE:
             return raw
@@ -490,13 +500,13 @@ class Headers:
 
     def get_raw(self, name: str) -> list[str]:
         """Every field line of ``name`` as received (no comma splitting)."""
-        name = _CANONICAL.get(name.lower(), name)
+        name = _lookup(name)
         return [v for n, v in self._items if n == name]
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        cname = _CANONICAL.get(name.lower(), name)
+        cname = _lookup(name)
         return any(n == cname for n, _ in self._items)
 
     def add(self, name: str, value: str) -> None:

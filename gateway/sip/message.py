@@ -46,7 +46,7 @@ from gateway.sip.uri import Uri, split_hostport
 
 MAX_MESSAGE_SIZE = 65535
 MAX_HEADERS = 256
-_FOLD_RE = re.compile(r"\n[ \t]+")
+_FOLD_RE = re.compile(r"\r?\n[ \t]+")
 _TOKEN_CLASS = r"[A-Za-z0-9\-.!%*_+`'~]"
 _REQUEST_RE = re.compile(rf"({_TOKEN_CLASS}+) ([^ ]+) ([Ss][Ii][Pp])/(\d+)\.(\d+)")
 _STATUS_RE = re.compile(r"[Ss][Ii][Pp]/(\d+)\.(\d+) (\d+)(?: (.*))?")
