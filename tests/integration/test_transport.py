@@ -155,17 +155,26 @@ def _free_port(kind: int) -> int:
         return int(s.getsockname()[1])
 
 
+def _shared_conftest(config: pytest.Config) -> Any:
+    """tests/conftest.py as loaded by pytest (several conftest modules exist, so no import)."""
+    shared = Path(__file__).resolve().parent.parent / "conftest.py"
+    for plugin in config.pluginmanager.get_plugins():
+        if Path(getattr(plugin, "__file__", "") or "/").resolve() == shared:
+            return plugin
+    raise LookupError(f"{shared} not loaded")
+
+
 @pytest.mark.parametrize("proto,flag", [("udp", "u1"), ("tcp", "t1"), ("tls", "l1")])
-def test_sipp_options_against_gateway_process(tmp_path: Path, proto: str, flag: str) -> None:
+def test_sipp_options_against_gateway_process(tmp_path: Path, proto: str, flag: str,
+                                              pytestconfig: pytest.Config) -> None:
     import socket
     import subprocess
 
     import httpx
-    from conftest import require_tool
 
     from .gateway_process import GatewayProcess
 
-    sipp = require_tool("sipp")
+    sipp = _shared_conftest(pytestconfig).require_tool("sipp")
     if proto == "tls" and "TLS" not in subprocess.run(
             [sipp, "-v"], capture_output=True, text=True).stdout:
         pytest.skip("this SIPp build has no TLS (its -v lacks TLS); TLS is covered by the "
