@@ -21,8 +21,8 @@ class RequestReceived:
     """A new request created a server transaction (RFC 3261 §17.2). Respond with ``stack.respond``.
 
     For CANCEL, ``cancels`` is the key of the INVITE server transaction it
-    matches (§9.2), or None (the stack has already answered 481 in that case
-    only if ``auto_481`` is set in its config).
+    matches (§9.2). A CANCEL that matches nothing never reaches the TU: the
+    stack answers it 481 itself.
     """
 
     key: TransactionKey
