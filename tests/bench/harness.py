@@ -164,7 +164,7 @@ class Kamailio(Server):
         cmd = [KAMAILIO, "-f", str(self.cfg), "-l", f"udp:{self.host}:{self.port}",
                "-n", str(self.children), "-m", str(self.shm_mb), "-M", str(self.pkg_mb),
                "-Y", str(self.tmp), "-P", str(self.tmp / "kamailio.pid"), "-w", str(self.tmp),
-               "-a", "no"]
+               "-a", "no", "-b", str(4 * 1024 * 1024)]  # let its UDP buffer grow like ours
         for k, v in self.defines.items():
             cmd += ["-A", f'{k}="{v}"']
         if check:
@@ -278,6 +278,7 @@ class SippResult:
     elapsed: float  # seconds from the first call to the end of the run
     returncode: int
     errors: str
+    peak_calls: int = 0  # most calls open at once, at SIPp's 1 s statistics ticks
 
     @property
     def rate(self) -> float:
@@ -297,7 +298,7 @@ def _epoch(text: str) -> float:
         raise HarnessError(f"unexpected SIPp time stamp {text!r}") from None
 
 
-def read_sipp_stats(path: Path) -> tuple[int, int, int, float]:
+def read_sipp_stats(path: Path) -> tuple[int, int, int, float, int]:
     with path.open(newline="") as f:
         rows = list(csv.reader(f, delimiter=";"))
     if len(rows) < 2:
@@ -307,7 +308,8 @@ def read_sipp_stats(path: Path) -> tuple[int, int, int, float]:
     try:
         return (int(last[col["TotalCallCreated"]]), int(last[col["SuccessfulCall(C)"]]),
                 int(last[col["FailedCall(C)"]]),
-                _epoch(last[col["CurrentTime"]]) - _epoch(last[col["StartTime"]]))
+                _epoch(last[col["CurrentTime"]]) - _epoch(last[col["StartTime"]]),
+                max(int(r[col["CurrentCall"]]) for r in rows[1:]))
     except (KeyError, ValueError, IndexError) as e:
         raise HarnessError(f"cannot read SIPp statistics {path}: {e}") from e
 
@@ -342,7 +344,10 @@ class Sipp:
                 "-timeout", f"{int(self.max_seconds)}s", "-timeout_error",
                 "-trace_stat", "-stf", str(self.stat), "-fd", "1",
                 "-trace_err", "-error_file", str(self.tmp / "errors.log"),
-                "-max_socket", "64"]
+                "-max_socket", "64",
+                # SIPp's 64 kB default socket buffer overflows when it is descheduled
+                # for a few ms at tens of thousands of messages per second.
+                "-buff_size", str(4 * 1024 * 1024)]
         if self.calls:
             cmd += ["-m", str(self.calls)]
         if self.rate:
@@ -369,11 +374,11 @@ class Sipp:
             err = (self.tmp / "stderr.log").read_text(errors="replace")[-2000:]
             raise HarnessError(f"SIPp {self.scenario.name} exited {rc} without statistics:\n"
                                f"{' '.join(self.command())}\n{err}")
-        created, ok, failed, elapsed = read_sipp_stats(self.stat)
+        created, ok, failed, elapsed, peak = read_sipp_stats(self.stat)
         errors = ""
         with contextlib.suppress(OSError):
             errors = (self.tmp / "errors.log").read_text(errors="replace")[-1500:]
-        return SippResult(created, ok, failed, elapsed, rc, errors)
+        return SippResult(created, ok, failed, elapsed, rc, errors, peak)
 
     def stop(self) -> None:
         proc = self.proc

@@ -319,11 +319,13 @@ class Probe:
         return out
 
 
-async def run(probe: Probe, kind: str, rate: float, seconds: float) -> dict[str, Any]:
-    """Fire one transaction every 1/rate s (never more than one outstanding) for ``seconds``."""
+async def run(probe: Probe, kind: str, rate: float, seconds: float,
+              delay: float = 0.0) -> dict[str, Any]:
+    """After ``delay``, one transaction every 1/rate s (one outstanding) for ``seconds``."""
     action = {"options": probe.options, "register": probe.register, "call": probe.call}[kind]
     await probe.open()
     try:
+        await asyncio.sleep(delay)
         interval = 1.0 / rate
         start = time.monotonic()
         n = 0
@@ -350,6 +352,8 @@ def main() -> None:
     ap.add_argument("--kind", choices=("options", "register", "call"), default="options")
     ap.add_argument("--rate", type=float, default=50.0, help="transactions per second")
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--delay", type=float, default=0.0,
+                    help="wait this long before the first request (start-up off the clock)")
     ap.add_argument("--timeout", type=float, default=1.0)
     ap.add_argument("--user", default="probe")
     ap.add_argument("--password", default="", help="digest password (register)")
@@ -360,7 +364,7 @@ def main() -> None:
     host, _, port = args.target.rpartition(":")
     probe = Probe(host, int(port), timeout=args.timeout, user=args.user, password=args.password,
                   domain=args.domain, service=args.service, user_agent=args.user_agent)
-    result = asyncio.run(run(probe, args.kind, args.rate, args.seconds))
+    result = asyncio.run(run(probe, args.kind, args.rate, args.seconds, args.delay))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
 

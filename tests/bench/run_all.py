@@ -141,12 +141,13 @@ def say(text: str = "") -> None:
 class ProbeRun:
     """``probe.py`` as a child pinned to the load core, started after SIPp warms up."""
 
-    def __init__(self, server: Server, kind: str, seconds: float, rate: float,
+    def __init__(self, server: Server, kind: str, delay: float, seconds: float, rate: float,
                  args: list[str]) -> None:
         self.cmd = [*pin_prefix(LOAD_CORE), PYTHON, str(HERE / "probe.py"),
                     "--target", f"{server.host}:{server.port}", "--kind", kind,
-                    "--rate", str(rate), "--seconds", f"{seconds:.2f}", *args]
-        self.seconds = seconds
+                    "--rate", str(rate), "--seconds", f"{seconds:.2f}",
+                    "--delay", f"{delay:.2f}", *args]
+        self.seconds = delay + seconds
         self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
@@ -196,8 +197,8 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
         extra += ["-d", str(int(load.hold_seconds * 1000))]
     sipp = Sipp(load.scenario, (server.host, server.port), calls=calls, rate=rate,
                 limit=limit, max_seconds=seconds + load.hold_seconds + 20, extra=extra)
-    warm = min(1.0, seconds / 4)
-    pr = (ProbeRun(server, load.probe_kind, max(0.5, seconds - warm - 0.3),
+    warm = min(1.0, seconds / 4)  # let SIPp reach its rate before sampling latency
+    pr = (ProbeRun(server, load.probe_kind, warm + 0.3, max(0.5, seconds - warm - 0.3),
                    settings.probe_rate, load.probe_args) if probe else None)
     rss_peak = [0]
     stop_rss = threading.Event()
@@ -207,14 +208,14 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
             rss_peak[0] = max(rss_peak[0], rss_bytes(server.pid))
 
     watcher = threading.Thread(target=watch_rss, daemon=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
     try:
+        if pr is not None:
+            pr.start()  # interpreter start-up happens before the load, off the clock
+            time.sleep(0.3)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
         sipp.start()
         watcher.start()
-        if pr is not None:
-            time.sleep(warm)  # let SIPp reach its rate before sampling latency
-            pr.start()
         result = sipp.wait()
         cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -522,9 +523,10 @@ def held_dialogs(server: Server, load: Load, settings: Settings, sustained: floa
         f"({rate:,.0f}/s, each held {hold:.1f} s)")
     rss0 = rss_bytes(server.pid)
     step = run_step(server, held, rate, hold * 1.5, settings, probe=False, track_rss=True)
-    say(step.line())
     peak = step.probe.get("rss_peak", 0)
-    return (f"held {settings.held_calls:,} concurrent calls: "
+    say(f"    {step.sipp.successful:,} calls, {step.sipp.peak_calls:,} open at once at the "
+        f"peak sample, failed {step.sipp.failed:,}, server cpu {step.cpu:.2f}")
+    return (f"held {step.sipp.peak_calls:,} concurrent calls: "
             f"failed {100 * step.sipp.failure_ratio:.3f}%, "
             f"RSS {rss0 / 2**20:.0f} -> {peak / 2**20:.0f} MiB "
             f"{'ok' if step.sipp.failure_ratio < FAILURE_BUDGET else 'FAIL'}")
