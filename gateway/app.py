@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import socket
+from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from gateway.sip.events import (
     StackEvent,
 )
 from gateway.sip.message import SipResponse, build_response
-from gateway.sip.stack import SipStack, StackConfig
+from gateway.sip.stack import SipStack, StackConfig, new_tag
 from gateway.sip.timers import TimerConfig
 from gateway.sip.uas import not_allowed, options_response, precheck
 from gateway.state.redis import connect
@@ -142,13 +143,66 @@ class Gateway:
                 if s.tls_cert and s.tls_key:
                     tls = TlsFiles(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca or None)
                 else:
-                    tls = ensure_dev_certificate(self.config.data_path / "tls")
+                    tls = ensure_dev_certificate(self.config.data_path)
                 port = self.driver.listen_tls(host, s.tls_port, tls)
                 self.listening.append(Listening("sip", "tls", host, port))
                 stack_cfg.via_hosts.setdefault("TLS", (host0, port))
 
     async def _start_services(self) -> None:
-        """Transaction users: registrar, B2BUA (wired as their packages land)."""
+        """Transaction users: the registrar, the B2BUA."""
+        self._start_registrar()
+
+    def _start_registrar(self) -> None:
+        from firmware_catalog import load_catalog
+        from gateway.registrar import (
+            AbuseGuard,
+            BindingStore,
+            DeviceStore,
+            DigestAuthenticator,
+            GuardConfig,
+            Registrar,
+            RegistrarConfig,
+            RegistrarMetrics,
+        )
+        from gateway.state.secrets import load_or_create_key
+
+        cfg = self.config
+        r = cfg.registrar
+        realm = cfg.sip.domain
+        secret_path = (Path(r.nonce_secret_file) if r.nonce_secret_file
+                       else cfg.data_path / "secrets" / "nonce.key")
+        secret = load_or_create_key(secret_path)
+        self.devices = DeviceStore(self.redis, realm)
+        self.registrar = Registrar(
+            BindingStore(self.redis), self.devices,
+            DigestAuthenticator(realm, [secret], r.nonce_ttl),
+            AbuseGuard(self.redis, GuardConfig()), load_catalog(),
+            RegistrarConfig(realm=realm, min_expires=r.min_expires, max_expires=r.max_expires,
+                            default_expires=r.default_expires,
+                            expires_jitter=r.expires_jitter,
+                            max_bindings_per_aor=r.max_bindings_per_aor, nonce_ttl=r.nonce_ttl,
+                            stale_paired_days=r.stale_paired_days,
+                            stale_unpaired_days=r.stale_unpaired_days),
+            RegistrarMetrics(self.registry))
+        registrar = self.registrar
+
+        async def on_register(event: RequestReceived) -> SipResponse:
+            return await registrar.handle_register(event.request, event.peer, self.node_id)
+
+        self.on_request("REGISTER", on_register)
+        self._every(r.sweep_interval, registrar.sweep_expired, "binding sweep")
+        self._every(r.offboard_interval, registrar.offboard_stale, "stale-device sweep")
+
+    def _every(self, interval: float, job: Callable[[], Awaitable[Any]], what: str) -> None:
+        async def loop() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    await job()
+                except Exception:  # noqa: BLE001 - a failed sweep must not stop the next
+                    log.exception("%s failed", what)
+
+        self._spawn(loop())
 
     async def stop(self) -> None:
         if not self._started:
@@ -185,7 +239,7 @@ class Gateway:
     def _on_request(self, event: RequestReceived) -> None:
         assert self.stack is not None
         request = event.request
-        tag = self.stack.new_tag()
+        tag = new_tag()
         rejection = precheck(request, tag=tag)
         if rejection is not None:
             self.driver.respond(event.key, rejection)

@@ -102,6 +102,9 @@ class RegistrarSettings:
     nonce_ttl: int = 300
     stale_paired_days: int = 30
     stale_unpaired_days: int = 14
+    nonce_secret_file: str = ""  # shared by all nodes; default: data_dir/secrets/nonce.key
+    sweep_interval: float = 30.0  # seconds between expired-binding sweeps
+    offboard_interval: float = 3600.0  # seconds between stale-device sweeps
 
 
 @dataclass

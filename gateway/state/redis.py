@@ -12,7 +12,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.sentinel import Sentinel
 
 
-def connect(url: str, *, decode_responses: bool = False, **kwargs: object) -> aioredis.Redis:
+def connect(url: str, *, decode_responses: bool = False, max_connections: int = 64,
+            pool_timeout: float = 5.0, **kwargs: object) -> aioredis.Redis:
     """Return a ``redis.asyncio.Redis`` client for ``url`` (no I/O happens until first use)."""
     if url.startswith("redis+sentinel://"):
         parsed = urlparse(url)
@@ -30,4 +31,9 @@ def connect(url: str, *, decode_responses: bool = False, **kwargs: object) -> ai
                                    decode_responses=decode_responses, **kwargs)
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ValueError(f"unsupported Redis URL scheme in {url!r}")
-    return aioredis.from_url(url, decode_responses=decode_responses, **kwargs)
+    # A blocking pool: a burst beyond max_connections waits for a free connection
+    # instead of failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout,
+        decode_responses=decode_responses, **kwargs)
+    return aioredis.Redis(connection_pool=pool)
