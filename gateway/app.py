@@ -25,9 +25,16 @@ from gateway.sip.events import (
     AckReceived,
     MalformedMessage,
     RequestReceived,
+    ResponseReceived,
     StackEvent,
+    StrayResponse,
+    TransactionKey,
+    TransactionTerminated,
+    TransactionTimeout,
+    TransportFailed,
 )
-from gateway.sip.message import SipResponse, build_response
+from gateway.sip.message import SipRequest, SipResponse, build_response
+from gateway.sip.peer import Peer
 from gateway.sip.stack import SipStack, StackConfig, new_tag
 from gateway.sip.timers import TimerConfig
 from gateway.sip.uas import not_allowed, options_response, precheck
@@ -52,6 +59,17 @@ class Listening:
 
 
 RequestHandler = Callable[[RequestReceived], Awaitable[SipResponse | None]]
+ProvisionalHandler = Callable[[SipResponse], None]
+
+
+@dataclass
+class _Pending:
+    """A client transaction the TU awaits: provisional callback and the final-response future."""
+
+    request: SipRequest
+    future: asyncio.Future[SipResponse]
+    on_provisional: ProvisionalHandler | None
+    on_extra_2xx: ProvisionalHandler | None
 
 
 class Gateway:
@@ -72,6 +90,11 @@ class Gateway:
         self.listening: list[Listening] = []
         self.node_id = config.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self._handlers: dict[str, RequestHandler] = {}
+        self._pending: dict[TransactionKey, _Pending] = {}
+        self.on_stray: Callable[[StrayResponse], None] | None = None
+        self.backend: Any = None
+        self.registrar: Any = None
+        self.devices: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
         self._started = False
@@ -89,6 +112,7 @@ class Gateway:
         await self._start_state()
         await self._start_metrics()
         await self._start_sip()
+        await self._start_backend()
         await self._start_services()
         return self.listening
 
@@ -147,6 +171,32 @@ class Gateway:
                 port = self.driver.listen_tls(host, s.tls_port, tls)
                 self.listening.append(Listening("sip", "tls", host, port))
                 stack_cfg.via_hosts.setdefault("TLS", (host0, port))
+
+    async def _start_backend(self) -> None:
+        """The call-control backend client; the embedded reference backend when no URL is set."""
+        from gateway.backend.client import BackendClient
+        from gateway.state.secrets import load_or_create_key
+
+        b = self.config.backend
+        url, token = b.url, b.token
+        if not url:
+            from gateway.backend.directory import default_directory_path, load_directory
+            from gateway.backend.reference.server import start_reference_backend
+
+            if not token:
+                token = load_or_create_key(self.config.data_path / "secrets" /
+                                           "backend.token").hex()
+            directory = load_directory(b.directory or default_directory_path())
+            port, stop = await start_reference_backend(
+                self.redis, directory, b.host, b.port, token, self.reactor)
+            self._stoppers.append(stop)
+            host = f"[{b.host}]" if ":" in b.host else b.host
+            url = f"http://{host}:{port}"
+            self.listening.append(Listening("backend", "http", b.host, port))
+        elif not token:
+            raise ValueError("backend.url is set but backend.token is empty")
+        self.backend = BackendClient(url, token, registry=self.registry, reactor=self.reactor)
+        self._stoppers.append(self.backend.close)
 
     async def _start_services(self) -> None:
         """Transaction users: the registrar, the B2BUA."""
@@ -226,9 +276,67 @@ class Gateway:
     def on_request(self, method: str, handler: RequestHandler) -> None:
         self._handlers[method] = handler
 
+    async def request(self, request: SipRequest, peer: Peer, *,
+                      on_provisional: ProvisionalHandler | None = None,
+                      on_extra_2xx: ProvisionalHandler | None = None) -> SipResponse:
+        """Send ``request`` in a client transaction and await its final response.
+
+        A timeout or transport failure comes back as a synthetic 408 or 503
+        (RFC 3261 §8.1.3.1), so callers have one path for every outcome.
+        Further 2xx to an INVITE (forked, RFC 6026 Accepted) go to ``on_extra_2xx``.
+        """
+        loop = asyncio.get_running_loop()
+        key = self.driver.send_request(request, peer)
+        pending = _Pending(request, loop.create_future(), on_provisional, on_extra_2xx)
+        self._pending[key] = pending
+        return await pending.future
+
+    def _synthetic(self, pending: _Pending, status: int, why: str) -> None:
+        if not pending.future.done():
+            resp = build_response(pending.request, status,
+                                  headers=[("Warning", f'399 sipgw "{why}"')])
+            pending.future.set_result(resp)
+
+    def _on_client_event(self, event: StackEvent) -> bool:
+        if isinstance(event, ResponseReceived):
+            pending = self._pending.get(event.key)
+            if pending is None:
+                return True
+            response = event.response
+            if response.status < 200:
+                if pending.on_provisional is not None and not pending.future.done():
+                    pending.on_provisional(response)
+            elif not pending.future.done():
+                pending.future.set_result(response)
+            elif response.status < 300 and pending.on_extra_2xx is not None:
+                pending.on_extra_2xx(response)
+            return True
+        if isinstance(event, TransactionTimeout):
+            pending = self._pending.get(event.key)
+            if pending is not None:
+                self._synthetic(pending, 408, "no response")
+            return True
+        if isinstance(event, TransportFailed):
+            pending = self._pending.get(event.key)
+            if pending is not None:
+                self._synthetic(pending, 503, "transport failure")
+            return True
+        if isinstance(event, TransactionTerminated):
+            pending = self._pending.pop(event.key, None)
+            if pending is not None:
+                self._synthetic(pending, 408, "transaction ended without a final response")
+            return True
+        if isinstance(event, StrayResponse):
+            if self.on_stray is not None:
+                self.on_stray(event)
+            return True
+        return False
+
     def _on_event(self, event: StackEvent) -> None:
         if isinstance(event, RequestReceived):
             self._on_request(event)
+        elif self._on_client_event(event):
+            return
         elif isinstance(event, AckReceived):
             handler = self._handlers.get("ACK")
             if handler is not None:
