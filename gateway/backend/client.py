@@ -1,0 +1,461 @@
+"""Typed asyncio client of the call-control backend API (v1): REST over treq, events over
+an autobahn WebSocket, with Prometheus latency/error metrics.
+
+All methods are coroutines to be run as asyncio tasks on the Twisted asyncio
+reactor's loop (DESIGN.md principle 2); Twisted Deferreds are bridged with
+``Deferred.asFuture``. Errors: ``BackendError`` (the backend answered 4xx/5xx,
+with its ``code`` and ``message``) and ``BackendUnavailable`` (no answer,
+timeout, or a body that does not match the schema).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+from urllib.parse import quote, urlencode, urlparse
+
+import treq
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+
+from gateway.backend.schema import (
+    Answer,
+    Call,
+    CallCreate,
+    Dnd,
+    Dtmf,
+    Endpoint,
+    EndpointAction,
+    EndpointCreate,
+    Event,
+    Reject,
+    SchemaError,
+    SimAction,
+    SimCallCreate,
+    SimClientCreate,
+    TenantInfo,
+    UserInfo,
+)
+
+log = logging.getLogger("sipgw.backend.client")
+T = TypeVar("T")
+
+ERROR_KINDS = ("http_4xx", "http_5xx", "connection", "timeout", "protocol")
+
+
+class BackendError(Exception):
+    """The backend refused a request (HTTP 4xx/5xx with an ``ApiError`` body)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class BackendUnavailable(Exception):
+    """The backend could not be reached, timed out or answered garbage."""
+
+
+class BackendMetrics:
+    """Client-side latency and error metrics of the backend API, in the given registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.latency = Histogram(
+            "backend_api_request_seconds", "Latency of backend API requests", ("op",),
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=registry)
+        self.errors = Counter(
+            "backend_api_errors_total", "Failed backend API requests", ("op", "kind"),
+            registry=registry)
+        self.events = Counter(
+            "backend_events_received_total", "Events received on the backend event stream",
+            registry=registry)
+        self.reconnects = Counter(
+            "backend_event_stream_reconnects_total",
+            "Reconnections of the backend event stream", registry=registry)
+
+
+class BackendClient:
+    """``BackendClient(base_url, token, ca_file=None)``: one client per gateway process."""
+
+    def __init__(self, base_url: str, token: str, ca_file: str | None = None, *,
+                 registry: CollectorRegistry | None = None, timeout: float = 10.0,
+                 reactor: Any = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.base_url = base_url.rstrip("/")
+        parsed = urlparse(self.base_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"backend URL must be http(s)://host[:port]: {base_url!r}")
+        self._host = parsed.hostname
+        self._token = token
+        self._timeout = timeout
+        self._reactor = reactor
+        self._trust: ssl.Certificate | None = None
+        if ca_file:
+            with open(ca_file, "rb") as f:
+                self._trust = ssl.Certificate.loadPEM(f.read())
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = 8
+        policy = BrowserLikePolicyForHTTPS(trustRoot=self._trust) if self._trust else \
+            BrowserLikePolicyForHTTPS()
+        self._http = treq.client.HTTPClient(Agent(reactor, contextFactory=policy,
+                                                  pool=self._pool))
+        self.metrics = BackendMetrics(registry) if registry is not None else None
+
+    async def close(self) -> None:
+        d: Deferred[None] = self._pool.closeCachedConnections()
+        await d.asFuture(asyncio.get_running_loop())
+
+    # --- transport -------------------------------------------------------------------
+    async def _request(self, op: str, method: str, path: str, body: Any = None,
+                       query: dict[str, str] | None = None) -> Any:
+        loop = asyncio.get_running_loop()
+        url = self.base_url + path + (("?" + urlencode(query)) if query else "")
+        headers = {b"Authorization": [f"Bearer {self._token}".encode()],
+                   b"Accept": [b"application/json"]}
+        data = None
+        if body is not None:
+            headers[b"Content-Type"] = [b"application/json"]
+            data = json.dumps(body).encode("utf-8")
+        start = time.monotonic()
+        kind = ""
+        try:
+            resp = await self._http.request(method, url, data=data, headers=headers,
+                                            timeout=self._timeout).asFuture(loop)
+            raw = await treq.content(resp).asFuture(loop)
+            status = resp.code
+            if status == 204:
+                return None
+            try:
+                payload = json.loads(raw.decode("utf-8")) if raw else None
+            except (UnicodeDecodeError, ValueError):
+                kind = "protocol"
+                raise BackendUnavailable(f"{op}: backend sent a non-JSON body "
+                                         f"(HTTP {status})") from None
+            if status >= 400:
+                kind = "http_4xx" if status < 500 else "http_5xx"
+                code = payload.get("error", "") if isinstance(payload, dict) else ""
+                msg = payload.get("message", "") if isinstance(payload, dict) else ""
+                raise BackendError(status, str(code) or "error", str(msg) or f"HTTP {status}")
+            return payload
+        except (BackendError, BackendUnavailable):
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            from twisted.internet.error import TimeoutError as TxTimeout
+            from twisted.web._newclient import ResponseNeverReceived
+            if isinstance(exc, TxTimeout) or "Cancelled" in type(exc).__name__:
+                kind = "timeout"
+            elif isinstance(exc, ResponseNeverReceived):
+                kind = "connection"
+            else:
+                kind = "connection"
+            raise BackendUnavailable(f"{op}: backend unreachable: {exc}") from None
+        finally:
+            if self.metrics is not None:
+                self.metrics.latency.labels(op=op).observe(time.monotonic() - start)
+                if kind:
+                    self.metrics.errors.labels(op=op, kind=kind).inc()
+
+    async def _typed(self, op: str, cls: type[T], method: str, path: str,
+                     body: Any = None, query: dict[str, str] | None = None) -> T:
+        payload = await self._request(op, method, path, body, query)
+        try:
+            return cls.from_json(payload)  # type: ignore[attr-defined, no-any-return]
+        except SchemaError as exc:
+            if self.metrics is not None:
+                self.metrics.errors.labels(op=op, kind="protocol").inc()
+            raise BackendUnavailable(f"{op}: backend answer does not match schema: "
+                                     f"{exc}") from None
+
+    # --- directory -------------------------------------------------------------------
+    async def get_user(self, oid: str) -> UserInfo:
+        return await self._typed("get_user", UserInfo, "GET", f"/v1/users/{_q(oid)}")
+
+    async def user_by_number(self, number: str) -> UserInfo | None:
+        return await self._maybe(self._typed("user_by_number", UserInfo, "GET", "/v1/users",
+                                             query={"number": number}))
+
+    async def user_by_upn(self, upn: str) -> UserInfo | None:
+        return await self._maybe(self._typed("user_by_upn", UserInfo, "GET", "/v1/users",
+                                             query={"upn": upn}))
+
+    async def get_tenant(self, tenant_id: str) -> TenantInfo:
+        return await self._typed("get_tenant", TenantInfo, "GET",
+                                 f"/v1/tenants/{_q(tenant_id)}")
+
+    @staticmethod
+    async def _maybe(coro: Any) -> Any:
+        try:
+            return await coro
+        except BackendError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    # --- endpoints -------------------------------------------------------------------
+    async def add_endpoint(self, oid: str, endpoint: EndpointCreate) -> Endpoint:
+        return await self._typed("add_endpoint", Endpoint, "POST",
+                                 f"/v1/users/{_q(oid)}/endpoints", endpoint.to_json())
+
+    async def remove_endpoint(self, oid: str, endpoint_id: str) -> None:
+        await self._request("remove_endpoint", "DELETE",
+                            f"/v1/users/{_q(oid)}/endpoints/{_q(endpoint_id)}")
+
+    async def list_endpoints(self, oid: str) -> list[Endpoint]:
+        payload = await self._request("list_endpoints", "GET", f"/v1/users/{_q(oid)}/endpoints")
+        try:
+            return [Endpoint.from_json(e) for e in payload["endpoints"]]
+        except (SchemaError, KeyError, TypeError) as exc:
+            raise BackendUnavailable(f"list_endpoints: bad answer: {exc}") from None
+
+    async def set_dnd(self, oid: str, endpoint_id: str, dnd: bool) -> Endpoint:
+        return await self._typed("set_dnd", Endpoint, "PUT",
+                                 f"/v1/users/{_q(oid)}/endpoints/{_q(endpoint_id)}/dnd",
+                                 Dnd(dnd=dnd).to_json())
+
+    # --- calls -----------------------------------------------------------------------
+    async def create_call(self, call: CallCreate) -> Call:
+        return await self._typed("create_call", Call, "POST", "/v1/calls", call.to_json())
+
+    async def get_call(self, call_id: str) -> Call:
+        return await self._typed("get_call", Call, "GET", f"/v1/calls/{_q(call_id)}")
+
+    async def answer(self, call_id: str, endpoint_id: str, sdp_answer: str) -> Call:
+        return await self._typed("answer", Call, "POST", f"/v1/calls/{_q(call_id)}/answer",
+                                 Answer(endpoint_id=endpoint_id,
+                                        sdp_answer=sdp_answer).to_json())
+
+    async def reject(self, call_id: str, endpoint_id: str, reason: str = "declined") -> Call:
+        return await self._typed("reject", Call, "POST", f"/v1/calls/{_q(call_id)}/reject",
+                                 Reject(endpoint_id=endpoint_id, reason=reason).to_json())
+
+    async def cancel(self, call_id: str, endpoint_id: str) -> Call:
+        return await self._typed("cancel", Call, "POST", f"/v1/calls/{_q(call_id)}/cancel",
+                                 EndpointAction(endpoint_id=endpoint_id).to_json())
+
+    async def hangup(self, call_id: str, endpoint_id: str) -> Call:
+        return await self._typed("hangup", Call, "POST", f"/v1/calls/{_q(call_id)}/hangup",
+                                 EndpointAction(endpoint_id=endpoint_id).to_json())
+
+    async def ringing(self, call_id: str, endpoint_id: str) -> Call:
+        return await self._typed("ringing", Call, "POST", f"/v1/calls/{_q(call_id)}/ringing",
+                                 EndpointAction(endpoint_id=endpoint_id).to_json())
+
+    async def dtmf(self, call_id: str, endpoint_id: str, digits: str,
+                   duration_ms: int = 100) -> Call:
+        return await self._typed("dtmf", Call, "POST", f"/v1/calls/{_q(call_id)}/dtmf",
+                                 Dtmf(endpoint_id=endpoint_id, digits=digits,
+                                      duration_ms=duration_ms).to_json())
+
+    # --- simulation (reference backend only) ------------------------------------------
+    async def sim_client(self, user: str) -> Endpoint:
+        return await self._typed("sim_client", Endpoint, "POST", "/v1/sim/clients",
+                                 SimClientCreate(user=user).to_json())
+
+    async def sim_call(self, from_user: str, to: str, from_endpoint: str = "") -> Call:
+        return await self._typed("sim_call", Call, "POST", "/v1/sim/calls",
+                                 SimCallCreate(from_user=from_user, to=to,
+                                               from_endpoint=from_endpoint).to_json())
+
+    async def sim_answer(self, endpoint_id: str, call_id: str) -> Call:
+        return await self._sim_action("answer", endpoint_id, SimAction(call_id=call_id))
+
+    async def sim_reject(self, endpoint_id: str, call_id: str, reason: str = "declined") -> Call:
+        return await self._sim_action("reject", endpoint_id,
+                                      SimAction(call_id=call_id, reason=reason))
+
+    async def sim_hangup(self, endpoint_id: str, call_id: str) -> Call:
+        return await self._sim_action("hangup", endpoint_id, SimAction(call_id=call_id))
+
+    async def sim_dtmf(self, endpoint_id: str, call_id: str, digits: str) -> Call:
+        return await self._sim_action("dtmf", endpoint_id,
+                                      SimAction(call_id=call_id, digits=digits))
+
+    async def sim_far_end_hangup(self, call_id: str) -> Call:
+        return await self._typed("sim_far_hangup", Call, "POST",
+                                 f"/v1/sim/calls/{_q(call_id)}/hangup", {})
+
+    async def _sim_action(self, action: str, endpoint_id: str, body: SimAction) -> Call:
+        return await self._typed(f"sim_{action}", Call, "POST",
+                                 f"/v1/sim/clients/{_q(endpoint_id)}/{action}", body.to_json())
+
+    # --- events ----------------------------------------------------------------------
+    def events(self, users: tuple[str, ...] = (), since: str = "") -> EventStream:
+        """The ``/v1/events`` stream: ``async for ev in client.events(): ...``.
+
+        Reconnects with back-off and resumes after the last event seen; ``await
+        stream.ready()`` returns once the backend confirmed the subscription.
+        """
+        return EventStream(self, users, since)
+
+    def _ws_url(self, users: tuple[str, ...], since: str) -> str:
+        scheme = "wss" if self.base_url.startswith("https") else "ws"
+        rest = self.base_url.split("://", 1)[1]
+        q: list[tuple[str, str]] = [("user", u) for u in users]
+        if since:
+            q.append(("since", since))
+        return f"{scheme}://{rest}/v1/events" + (("?" + urlencode(q)) if q else "")
+
+
+def _q(v: str) -> str:
+    return quote(v, safe="")
+
+
+class _EventProtocol(WebSocketClientProtocol):
+    stream: EventStream
+
+    def onOpen(self) -> None:
+        self.stream._opened(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.stream._message(payload)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.stream._closed(code, reason)
+
+
+class _EventFactory(WebSocketClientFactory):
+    stream: EventStream
+
+    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
+        self.stream._closed(None, f"connection failed: {reason.getErrorMessage()}")
+
+
+class EventStream:
+    """An ``AsyncIterator[Event]`` over the backend WebSocket, reconnecting on loss."""
+
+    def __init__(self, client: BackendClient, users: tuple[str, ...], since: str) -> None:
+        self._client = client
+        self._users = users
+        self._last = since
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._ready = asyncio.Event()
+        self._disconnected = asyncio.Event()
+        self._proto: _EventProtocol | None = None
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.last_error = ""
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iter()
+
+    async def _iter(self) -> AsyncIterator[Event]:
+        self._start()
+        while True:
+            ev = await self._queue.get()
+            if ev is None:
+                return
+            yield ev
+
+    def _start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def ready(self, timeout: float = 10.0) -> None:
+        """Wait until the backend acknowledged the subscription (``stream.ready``)."""
+        self._start()
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    async def next(self, timeout: float = 10.0) -> Event:
+        """The next event, or TimeoutError."""
+        self._start()
+        ev = await asyncio.wait_for(self._queue.get(), timeout)
+        if ev is None:
+            raise EOFError("event stream closed")
+        return ev
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._proto is not None:
+            self._proto.sendClose()
+            if self._proto.transport is not None:
+                self._proto.transport.loseConnection()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._queue.put_nowait(None)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        first = True
+        while not self._closing:
+            if not first and self._client.metrics is not None:
+                self._client.metrics.reconnects.inc()
+            first = False
+            self._disconnected.clear()
+            try:
+                await self._connect()
+                await self._disconnected.wait()
+                if self._ready.is_set():
+                    delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = str(exc)
+                log.warning("backend event stream: %s", exc)
+            self._ready.clear()
+            if self._closing:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _connect(self) -> None:
+        c = self._client
+        url = c._ws_url(self._users, self._last)
+        factory = _EventFactory(url, headers={"Authorization": f"Bearer {c._token}"})
+        factory.stream = self
+
+        class Proto(_EventProtocol):
+            pass
+        Proto.stream = self
+        factory.protocol = Proto
+        factory.setProtocolOptions(autoPingInterval=20, autoPingTimeout=10)
+        ctx = None
+        if url.startswith("wss"):
+            ctx = ssl.optionsForClientTLS(c._host, trustRoot=c._trust) if c._trust else \
+                ssl.optionsForClientTLS(c._host)
+        connectWS(factory, contextFactory=ctx, timeout=c._timeout)
+
+    def _opened(self, proto: _EventProtocol) -> None:
+        self._proto = proto
+
+    def _message(self, payload: bytes) -> None:
+        try:
+            obj = json.loads(payload.decode("utf-8"))
+            if isinstance(obj, dict) and obj.get("type") == "stream.ready":
+                if not self._last:
+                    self._last = str(obj.get("id", ""))
+                self._ready.set()
+                return
+            ev = Event.from_json(obj)
+        except (ValueError, UnicodeDecodeError) as exc:
+            if self._client.metrics is not None:
+                self._client.metrics.errors.labels(op="events", kind="protocol").inc()
+            log.warning("backend event stream: dropped a malformed event: %s", exc)
+            return
+        if ev.id:
+            self._last = ev.id
+        if self._client.metrics is not None:
+            self._client.metrics.events.inc()
+        self._queue.put_nowait(ev)
+
+    def _closed(self, code: int | None, reason: str | None) -> None:
+        self._proto = None
+        if code != 1000:
+            self.last_error = f"closed {code} {reason or ''}".strip()
+        self._disconnected.set()

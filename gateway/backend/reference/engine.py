@@ -1,0 +1,664 @@
+"""Call routing of the reference backend: endpoints, calls, DND and simulated parties.
+
+All state is in Redis (key schema: ``gateway/backend/reference/SCHEMA.md``), so
+several backend processes may share one store; only the no-answer and
+simulated-party timers live in the process that created the call.
+
+Routing follows a forking proxy (RFC 3261 §16.7): a call to a user is offered
+to every online, non-DND endpoint of that user; the first 2xx (answer) wins and
+the other branches are cancelled (``answered_elsewhere``); a ``declined``
+(6xx-like) ends the whole call, ``busy``/``dnd`` (486-like) only drop their
+branch and the call fails when no branch is left. Teams SIP Gateway rules on
+top [PLAN]: "SIP device users can only call users who have phone numbers",
+users need a number with PSTN enabled and AllowSIPDevicesCalling, GCC High
+and DoD tenants are refused, emergency numbers are always accepted and their
+location (PIDF-LO, RFC 4119) is kept on the call record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+
+from gateway.backend.directory import Directory, User
+from gateway.backend.schema import (
+    Answer,
+    Call,
+    CallCreate,
+    Dtmf,
+    Endpoint,
+    EndpointCreate,
+    Event,
+    Reject,
+    Target,
+)
+
+log = logging.getLogger("sipgw.backend")
+
+# Compare-and-set of a call's state: KEYS[1] = call hash; ARGV[1] = ",allowed,states,";
+# ARGV[2] = new state; ARGV[3..] = field/value pairs set with it.
+_CAS = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return 'NO:' end
+if not string.find(ARGV[1], ',' .. st .. ',', 1, true) then return 'NO:' .. st end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 'OK:' .. st
+"""
+
+ACTIVE_TTL = 12 * 3600  # a call record lives this long while active
+ENDED_TTL = 3600  # and this long after it ended, for GET /v1/calls/{id}
+EVENTS_MAXLEN = 10000
+
+
+class ApiFailure(Exception):
+    """A request the backend refuses: HTTP status, stable error code, human message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class PstnSimulation:
+    """Simulated PSTN and emergency service: which numbers answer, are busy, never answer.
+
+    Matching is by prefix of the E.164 number; the first matching list wins in
+    the order answer, busy, no_answer. Other numbers are unallocated (404).
+    """
+
+    answer: tuple[str, ...] = ("+1206555",)
+    busy: tuple[str, ...] = ("+1206556",)
+    no_answer: tuple[str, ...] = ("+1206557",)
+    emergency: tuple[str, ...] = ("911", "112", "999", "933")
+    answer_delay: float = 0.05  # seconds of ringing before a simulated party answers
+
+    def classify(self, number: str) -> str | None:
+        for outcome, prefixes in (("answer", self.answer), ("busy", self.busy),
+                                  ("no_answer", self.no_answer)):
+            if any(number.startswith(p) for p in prefixes):
+                return outcome
+        return None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Tunables of the reference backend."""
+
+    prefix: str = "bk:"
+    ring_timeout: float = 30.0  # unanswered calls end with no_answer after this
+    pstn: PstnSimulation = field(default_factory=PstnSimulation)
+
+
+def _s(v: Any) -> str:
+    if v is None:
+        return ""
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
+
+
+def simulated_answer(offer: str) -> str:
+    """An RFC 3264 answer accepting the first audio codec of ``offer`` (for simulated parties)."""
+    pt, rtpmap = "0", "a=rtpmap:0 PCMU/8000"
+    for line in offer.splitlines():
+        if line.startswith("m=audio "):
+            parts = line.split()
+            if len(parts) > 3:
+                pt = parts[3]
+            break
+    for line in offer.splitlines():
+        if line.startswith(f"a=rtpmap:{pt} "):
+            rtpmap = line.strip()
+    port = 40000 + 2 * secrets.randbelow(5000)
+    sess = secrets.randbelow(2**31)
+    return ("v=0\r\n"
+            f"o=refbackend {sess} {sess} IN IP4 127.0.0.1\r\n"
+            "s=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP {pt}\r\n{rtpmap}\r\na=sendrecv\r\n")
+
+
+def simulated_offer() -> str:
+    """The SDP offer of a simulated Teams client (PCMU, PCMA, telephone-event)."""
+    port = 40000 + 2 * secrets.randbelow(5000)
+    sess = secrets.randbelow(2**31)
+    return ("v=0\r\n"
+            f"o=teamsim {sess} {sess} IN IP4 127.0.0.1\r\n"
+            "s=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0 8 101\r\n"
+            "a=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n"
+            "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n")
+
+
+class CallEngine:
+    """The backend's call control over Redis (RFC 3261 §16.7 forking semantics)."""
+
+    def __init__(self, redis: Any, directory: Directory, reactor: IReactorTime,
+                 config: EngineConfig | None = None) -> None:
+        self.redis = redis
+        self.directory = directory
+        self.reactor = reactor
+        self.config = config or EngineConfig()
+        self._p = self.config.prefix
+        self._cas = redis.register_script(_CAS)
+        self._timers: dict[tuple[str, str], IDelayedCall] = {}
+        self.events_key = f"{self._p}events"
+
+    # --- keys ------------------------------------------------------------------------
+    def _ep_key(self, eid: str) -> str:
+        return f"{self._p}ep:{eid}"
+
+    def _user_eps_key(self, oid: str) -> str:
+        return f"{self._p}uep:{oid}"
+
+    def _call_key(self, cid: str) -> str:
+        return f"{self._p}call:{cid}"
+
+    def _offered_key(self, cid: str) -> str:
+        return f"{self._p}call:{cid}:offered"
+
+    def _dropped_key(self, cid: str) -> str:
+        return f"{self._p}call:{cid}:dropped"
+
+    # --- timers ----------------------------------------------------------------------
+    def _later(self, cid: str, name: str, delay: float,
+               fn: Callable[[], Awaitable[None]]) -> None:
+        def fire() -> None:
+            self._timers.pop((cid, name), None)
+
+            async def run() -> None:
+                try:
+                    await fn()
+                except Exception:
+                    log.exception("reference backend timer %s of call %s failed", name, cid)
+            asyncio.ensure_future(run())
+        self._cancel_timer(cid, name)
+        self._timers[(cid, name)] = self.reactor.callLater(delay, fire)
+
+    def _cancel_timer(self, cid: str, name: str) -> None:
+        t = self._timers.pop((cid, name), None)
+        if t is not None and t.active():
+            t.cancel()
+
+    def _cancel_timers(self, cid: str) -> None:
+        for key in [k for k in self._timers if k[0] == cid]:
+            self._cancel_timer(*key)
+
+    def stop(self) -> None:
+        for key in list(self._timers):
+            self._cancel_timer(*key)
+
+    # --- events ----------------------------------------------------------------------
+    async def publish(self, events: Iterable[Event]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        n = 0
+        for ev in events:
+            pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json())},
+                      maxlen=EVENTS_MAXLEN, approximate=True)
+            n += 1
+        if n:
+            await pipe.execute()
+
+    # --- directory -------------------------------------------------------------------
+    def user(self, oid: str) -> User:
+        u = self.directory.users.get(oid.lower())
+        if u is None:
+            raise ApiFailure(404, "user_not_found", f"no user with oid {oid}")
+        return u
+
+    def resolve_user(self, ref: str) -> User | None:
+        """A user by oid, UPN or E.164 number."""
+        if ref.startswith("+"):
+            return self.directory.user_by_number(ref)
+        if "@" in ref:
+            return self.directory.user_by_upn(ref)
+        return self.directory.users.get(ref.lower())
+
+    # --- endpoints -------------------------------------------------------------------
+    async def add_endpoint(self, oid: str, body: EndpointCreate) -> Endpoint:
+        user = self.user(oid)
+        refusal = user.sip_device_refusal(self.directory.tenant_of(user))
+        if refusal:
+            raise ApiFailure(403, refusal, f"{user.upn} may not use a SIP device: {refusal}")
+        return await self._store_endpoint(user, body.endpoint_id, "sip-device", body.device_id,
+                                          body.capabilities, body.expires)
+
+    async def _store_endpoint(self, user: User, eid: str, kind: str, device_id: str,
+                              caps: tuple[str, ...], expires: int) -> Endpoint:
+        key = self._ep_key(eid)
+        owner = _s(await self.redis.hget(key, "user"))
+        if owner and owner != user.oid:
+            raise ApiFailure(409, "endpoint_exists", f"endpoint {eid} belongs to another user")
+        dnd = _s(await self.redis.hget(key, "dnd")) == "1"
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"user": user.oid, "kind": kind, "device_id": device_id,
+                                "caps": json.dumps(list(caps)), "dnd": "1" if dnd else "0"})
+        pipe.expire(key, expires)
+        pipe.sadd(self._user_eps_key(user.oid), eid)
+        await pipe.execute()
+        ep = Endpoint(endpoint_id=eid, user=user.oid, kind=kind, device_id=device_id,
+                      capabilities=caps, dnd=dnd)
+        if not owner:
+            await self.publish([Event(type="endpoint.online", user=user.oid, endpoint_id=eid)])
+        return ep
+
+    async def get_endpoint(self, eid: str) -> Endpoint | None:
+        h = await self.redis.hgetall(self._ep_key(eid))
+        if not h:
+            return None
+        d = {_s(k): _s(v) for k, v in h.items()}
+        try:
+            caps = tuple(json.loads(d.get("caps", "[]")))
+        except ValueError:
+            caps = ()
+        return Endpoint(endpoint_id=eid, user=d.get("user", ""), kind=d.get("kind", ""),
+                        device_id=d.get("device_id", ""), capabilities=caps,
+                        dnd=d.get("dnd") == "1")
+
+    async def owned_endpoint(self, oid: str, eid: str) -> Endpoint:
+        ep = await self.get_endpoint(eid)
+        if ep is None or ep.user != oid.lower():
+            raise ApiFailure(404, "endpoint_not_found", f"no endpoint {eid} of user {oid}")
+        return ep
+
+    async def endpoints_of(self, oid: str) -> list[Endpoint]:
+        eids = sorted(_s(e) for e in await self.redis.smembers(self._user_eps_key(oid)))
+        out: list[Endpoint] = []
+        stale: list[str] = []
+        for eid in eids:
+            ep = await self.get_endpoint(eid)
+            if ep is None or ep.user != oid:
+                stale.append(eid)  # expired without a DELETE
+            else:
+                out.append(ep)
+        if stale:
+            await self.redis.srem(self._user_eps_key(oid), *stale)
+        return out
+
+    async def remove_endpoint(self, oid: str, eid: str) -> None:
+        await self.owned_endpoint(oid, eid)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(self._ep_key(eid))
+        pipe.srem(self._user_eps_key(oid.lower()), eid)
+        await pipe.execute()
+        await self.publish([Event(type="endpoint.offline", user=oid.lower(), endpoint_id=eid)])
+
+    async def set_dnd(self, oid: str, eid: str, dnd: bool) -> Endpoint:
+        ep = await self.owned_endpoint(oid, eid)
+        await self.redis.hset(self._ep_key(eid), "dnd", "1" if dnd else "0")
+        await self.publish([Event(type="endpoint.dnd", user=ep.user, endpoint_id=eid, dnd=dnd)])
+        return Endpoint(endpoint_id=eid, user=ep.user, kind=ep.kind, device_id=ep.device_id,
+                        capabilities=ep.capabilities, dnd=dnd)
+
+    async def add_sim_client(self, ref: str) -> Endpoint:
+        user = self.resolve_user(ref)
+        if user is None:
+            raise ApiFailure(404, "user_not_found", f"no user {ref!r}")
+        if not user.enabled:
+            raise ApiFailure(403, "user_disabled", f"{user.upn} is disabled")
+        eid = "sim-" + secrets.token_hex(8)
+        return await self._store_endpoint(user, eid, "teams-desktop", eid, ("audio",), 86400)
+
+    # --- calls -----------------------------------------------------------------------
+    async def get_call(self, cid: str) -> Call:
+        h = await self.redis.hgetall(self._call_key(cid))
+        if not h:
+            raise ApiFailure(404, "call_not_found", f"no call {cid}")
+        d = {_s(k): _s(v) for k, v in h.items()}
+        target = Target(kind=d["target_kind"], value=d["target_value"]) \
+            if d.get("target_kind") else None
+        return Call(call_id=cid, state=d.get("state", "ended"),
+                    from_user=d.get("from_user", ""), from_endpoint=d.get("from_endpoint", ""),
+                    target=target, callee_user=d.get("callee_user", ""),
+                    answered_endpoint=d.get("answered_endpoint", ""),
+                    sdp_answer=d.get("sdp_answer", ""), end_reason=d.get("end_reason", ""),
+                    location=d.get("location", ""), created=float(d.get("created", "0")))
+
+    async def _transition(self, cid: str, allowed: Iterable[str], new: str,
+                          **fields: str) -> str | None:
+        """Atomically move ``cid`` to ``new`` if its state is in ``allowed``; old state or None."""
+        args: list[str] = ["," + ",".join(allowed) + ",", new]
+        for k, v in fields.items():
+            args += [k, v]
+        res = _s(await self._cas(keys=[self._call_key(cid)], args=args))
+        if res.startswith("OK:"):
+            if new == "ended":
+                await self._expire_call(cid, ENDED_TTL)
+                self._cancel_timers(cid)
+            return res[3:]
+        return None
+
+    async def _expire_call(self, cid: str, ttl: int) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for key in (self._call_key(cid), self._offered_key(cid), self._dropped_key(cid)):
+            pipe.expire(key, ttl)
+        await pipe.execute()
+
+    async def create_call(self, body: CallCreate) -> Call:
+        """``POST /v1/calls`` from a SIP device endpoint."""
+        emergency = body.target.kind == "emergency" or (
+            body.target.value in self.config.pstn.emergency)
+        caller: User | None = None
+        if body.from_user:
+            caller = self.user(body.from_user)
+            ep = await self.get_endpoint(body.from_endpoint)
+            if not emergency:
+                if ep is None or ep.user != caller.oid:
+                    raise ApiFailure(403, "endpoint_not_found",
+                                     f"endpoint {body.from_endpoint} is not online for "
+                                     f"user {caller.oid}")
+                refusal = caller.sip_device_refusal(self.directory.tenant_of(caller))
+                if refusal:
+                    raise ApiFailure(403, refusal, f"{caller.upn} may not call from a SIP "
+                                                   f"device: {refusal}")
+        elif not emergency:
+            raise ApiFailure(403, "not_signed_in", "a device without a user may only call "
+                                                   "emergency numbers")
+        if emergency:
+            target = Target(kind="emergency", value=body.target.value)
+            return await self._call_simulated(body.from_user, body.from_endpoint, target,
+                                              body.sdp_offer, "answer", body.location)
+        if body.target.kind == "meeting":
+            return await self._call_simulated(body.from_user, body.from_endpoint, body.target,
+                                              body.sdp_offer, "answer", "")
+        callee = self.resolve_user(body.target.value)
+        if callee is None and body.target.kind == "user":
+            raise ApiFailure(404, "user_not_found", f"no user {body.target.value!r}")
+        if callee is not None:
+            self._check_callee_for_sip_device(callee)
+            return await self._call_user(body.from_user, body.from_endpoint, body.target,
+                                         callee, body.sdp_offer)
+        outcome = self.config.pstn.classify(body.target.value)
+        if outcome is None:
+            raise ApiFailure(404, "number_unallocated",
+                             f"{body.target.value} is not a reachable number")
+        return await self._call_simulated(body.from_user, body.from_endpoint, body.target,
+                                          body.sdp_offer, outcome, "")
+
+    def _check_callee_for_sip_device(self, callee: User) -> None:
+        tenant = self.directory.tenant_of(callee)
+        if tenant is None or not tenant.sip_gateway_available:
+            raise ApiFailure(403, "cloud_not_supported",
+                             f"{callee.upn} is in a cloud SIP devices cannot call")
+        if not callee.number:
+            raise ApiFailure(403, "callee_has_no_number",
+                             "SIP devices can only call users who have phone numbers")
+        if not callee.enabled:
+            raise ApiFailure(404, "user_not_found", f"no user {callee.upn!r}")
+
+    async def sim_call(self, from_ref: str, to: str, from_endpoint: str,
+                       sdp_offer: str) -> Call:
+        """``POST /v1/sim/calls``: a simulated Teams client calls a user or a number."""
+        caller = self.resolve_user(from_ref)
+        if caller is None:
+            raise ApiFailure(404, "user_not_found", f"no user {from_ref!r}")
+        if from_endpoint:
+            ep = await self.get_endpoint(from_endpoint)
+            if ep is None or ep.user != caller.oid or ep.kind != "teams-desktop":
+                raise ApiFailure(404, "endpoint_not_found",
+                                 f"no simulated client {from_endpoint} of {caller.upn}")
+        else:
+            eps = [e for e in await self.endpoints_of(caller.oid) if e.kind == "teams-desktop"]
+            from_endpoint = eps[0].endpoint_id if eps else \
+                (await self.add_sim_client(caller.oid)).endpoint_id
+        offer = sdp_offer or simulated_offer()
+        callee = self.resolve_user(to)
+        if callee is not None:
+            tenant = self.directory.tenant_of(callee)
+            if tenant is None or not tenant.sip_gateway_available:
+                raise ApiFailure(403, "cloud_not_supported", f"{callee.upn} is not reachable")
+            return await self._call_user(caller.oid, from_endpoint,
+                                         Target(kind="user", value=callee.oid), callee, offer)
+        if to.startswith("+"):
+            outcome = self.config.pstn.classify(to)
+            if outcome is None:
+                raise ApiFailure(404, "number_unallocated", f"{to} is not a reachable number")
+            return await self._call_simulated(caller.oid, from_endpoint,
+                                              Target(kind="pstn", value=to), offer, outcome, "")
+        raise ApiFailure(404, "user_not_found", f"no user or number {to!r}")
+
+    async def _new_call(self, from_user: str, from_endpoint: str, target: Target,
+                        callee_user: str, sdp_offer: str, location: str,
+                        offered: list[str]) -> str:
+        cid = secrets.token_hex(12)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(self._call_key(cid), mapping={
+            "state": "offered", "from_user": from_user, "from_endpoint": from_endpoint,
+            "target_kind": target.kind, "target_value": target.value,
+            "callee_user": callee_user, "sdp_offer": sdp_offer, "location": location,
+            "created": repr(time.time())})
+        if offered:
+            pipe.sadd(self._offered_key(cid), *offered)
+        await pipe.execute()
+        await self._expire_call(cid, ACTIVE_TTL)
+        return cid
+
+    def _caller_display(self, from_user: str) -> str:
+        u = self.directory.users.get(from_user)
+        if u is None:
+            return ""
+        return u.number or u.upn
+
+    async def _call_user(self, from_user: str, from_endpoint: str, target: Target,
+                         callee: User, sdp_offer: str) -> Call:
+        eps = [e for e in await self.endpoints_of(callee.oid) if e.endpoint_id != from_endpoint]
+        available = [e for e in eps if not e.dnd]
+        cid = await self._new_call(from_user, from_endpoint, target, callee.oid, sdp_offer, "",
+                                   [e.endpoint_id for e in available])
+        caller_display = self._caller_display(from_user)
+        if not available:
+            reason = "dnd" if eps else "unavailable"
+            await self._transition(cid, ("offered",), "ended", end_reason=reason)
+            await self.publish([Event(type="call.rejected", call_id=cid, user=from_user,
+                                      endpoint_id=from_endpoint, reason=reason)])
+            return await self.get_call(cid)
+        await self.publish(
+            Event(type="call.incoming", call_id=cid, user=callee.oid, endpoint_id=e.endpoint_id,
+                  sdp=sdp_offer, caller=caller_display, callee=callee.number or callee.upn)
+            for e in available)
+        self._later(cid, "no_answer", self.config.ring_timeout,
+                    lambda: self._no_answer(cid))
+        for e in available:
+            if e.kind == "teams-desktop":  # simulated clients ring at once
+                await self.ringing(cid, e.endpoint_id)
+        return await self.get_call(cid)
+
+    async def _call_simulated(self, from_user: str, from_endpoint: str, target: Target,
+                              sdp_offer: str, outcome: str, location: str) -> Call:
+        cid = await self._new_call(from_user, from_endpoint, target, "", sdp_offer, location, [])
+        delay = self.config.pstn.answer_delay
+
+        async def ring() -> None:
+            if await self._transition(cid, ("offered",), "ringing") is None:
+                return
+            await self.publish([Event(type="call.ringing", call_id=cid, user=from_user,
+                                      endpoint_id=from_endpoint)])
+            if outcome == "answer":
+                self._later(cid, "answer", delay, answer)
+            elif outcome == "busy":
+                self._later(cid, "busy", delay, busy)
+            else:
+                self._later(cid, "no_answer", self.config.ring_timeout,
+                            lambda: self._no_answer(cid))
+
+        async def answer() -> None:
+            sdp = simulated_answer(sdp_offer)
+            if await self._transition(cid, ("offered", "ringing"), "connected",
+                                      sdp_answer=sdp, answered_at=repr(time.time())) is None:
+                return
+            await self.publish([Event(type="call.answered", call_id=cid, user=from_user,
+                                      endpoint_id=from_endpoint, sdp=sdp)])
+
+        async def busy() -> None:
+            if await self._transition(cid, ("offered", "ringing"), "ended",
+                                      end_reason="busy") is None:
+                return
+            await self.publish([Event(type="call.rejected", call_id=cid, user=from_user,
+                                      endpoint_id=from_endpoint, reason="busy")])
+
+        self._later(cid, "ring", 0.0, ring)
+        return await self.get_call(cid)
+
+    async def _no_answer(self, cid: str) -> None:
+        call = await self.get_call(cid)
+        if await self._transition(cid, ("offered", "ringing"), "ended",
+                                  end_reason="no_answer") is None:
+            return
+        events = [Event(type="call.rejected", call_id=cid, user=call.from_user,
+                        endpoint_id=call.from_endpoint, reason="no_answer")]
+        events += await self._cancel_branches(cid, call.callee_user, "no_answer", exclude="")
+        await self.publish(events)
+
+    async def _cancel_branches(self, cid: str, callee: str, reason: str,
+                               exclude: str) -> list[Event]:
+        offered = {_s(e) for e in await self.redis.smembers(self._offered_key(cid))}
+        dropped = {_s(e) for e in await self.redis.smembers(self._dropped_key(cid))}
+        return [Event(type="call.cancelled", call_id=cid, user=callee, endpoint_id=eid,
+                      reason=reason)
+                for eid in sorted(offered - dropped - {exclude})]
+
+    async def _offered_endpoint(self, cid: str, eid: str) -> Call:
+        call = await self.get_call(cid)
+        if not await self.redis.sismember(self._offered_key(cid), eid):
+            raise ApiFailure(403, "not_offered", f"call {cid} was not offered to {eid}")
+        return call
+
+    async def ringing(self, cid: str, eid: str) -> Call:
+        call = await self._offered_endpoint(cid, eid)
+        if await self._transition(cid, ("offered",), "ringing") is not None:
+            await self.publish([Event(type="call.ringing", call_id=cid, user=call.from_user,
+                                      endpoint_id=call.from_endpoint)])
+        elif call.state not in ("ringing",):
+            raise ApiFailure(409, "call_not_ringing", f"call {cid} is {call.state}")
+        return await self.get_call(cid)
+
+    async def answer(self, cid: str, body: Answer) -> Call:
+        call = await self._offered_endpoint(cid, body.endpoint_id)
+        if await self.redis.sismember(self._dropped_key(cid), body.endpoint_id):
+            raise ApiFailure(409, "call_not_ringing", "this endpoint already rejected the call")
+        if await self._transition(cid, ("offered", "ringing"), "connected",
+                                  answered_endpoint=body.endpoint_id,
+                                  sdp_answer=body.sdp_answer,
+                                  answered_at=repr(time.time())) is None:
+            fresh = await self.get_call(cid)
+            code = "answered_elsewhere" if fresh.state == "connected" else "call_not_ringing"
+            raise ApiFailure(409, code, f"call {cid} is {fresh.state}")
+        self._cancel_timer(cid, "no_answer")
+        events = [Event(type="call.answered", call_id=cid, user=call.from_user,
+                        endpoint_id=call.from_endpoint, sdp=body.sdp_answer)]
+        events += await self._cancel_branches(cid, call.callee_user, "answered_elsewhere",
+                                              exclude=body.endpoint_id)
+        await self.publish(events)
+        return await self.get_call(cid)
+
+    async def reject(self, cid: str, body: Reject) -> Call:
+        call = await self._offered_endpoint(cid, body.endpoint_id)
+        if call.state not in ("offered", "ringing"):
+            raise ApiFailure(409, "call_not_ringing", f"call {cid} is {call.state}")
+        await self.redis.sadd(self._dropped_key(cid), body.endpoint_id)
+        offered = {_s(e) for e in await self.redis.smembers(self._offered_key(cid))}
+        dropped = {_s(e) for e in await self.redis.smembers(self._dropped_key(cid))}
+        # RFC 3261 §16.7 step 5: a 6xx (declined) ends every branch; a 486 only its own.
+        if body.reason == "declined" or offered <= dropped:
+            if await self._transition(cid, ("offered", "ringing"), "ended",
+                                      end_reason=body.reason) is not None:
+                events = [Event(type="call.rejected", call_id=cid, user=call.from_user,
+                                endpoint_id=call.from_endpoint, reason=body.reason)]
+                events += await self._cancel_branches(cid, call.callee_user, body.reason,
+                                                      exclude=body.endpoint_id)
+                await self.publish(events)
+        return await self.get_call(cid)
+
+    async def cancel(self, cid: str, eid: str) -> Call:
+        call = await self.get_call(cid)
+        if eid != call.from_endpoint:
+            raise ApiFailure(403, "not_caller", f"only the calling endpoint may cancel {cid}")
+        if await self._transition(cid, ("offered", "ringing"), "ended",
+                                  end_reason="caller_cancelled") is None:
+            raise ApiFailure(409, "call_not_ringing", f"call {cid} is {call.state}")
+        await self.publish(await self._cancel_branches(cid, call.callee_user,
+                                                       "caller_cancelled", exclude=""))
+        return await self.get_call(cid)
+
+    async def hangup(self, cid: str, eid: str) -> Call:
+        call = await self.get_call(cid)
+        if call.state in ("offered", "ringing") and eid == call.from_endpoint:
+            return await self.cancel(cid, eid)
+        if eid not in (call.from_endpoint, call.answered_endpoint):
+            raise ApiFailure(403, "not_a_party", f"{eid} is not a party of call {cid}")
+        if await self._transition(cid, ("connected",), "ended", end_reason="hangup",
+                                  ended_by=eid) is None:
+            raise ApiFailure(409, "call_not_connected", f"call {cid} is {call.state}")
+        await self.publish(self._other_party_events(call, eid, "call.ended", reason="hangup"))
+        return await self.get_call(cid)
+
+    async def far_end_hangup(self, cid: str) -> Call:
+        """The simulated PSTN/meeting/emergency party hangs up (``/v1/sim/calls/{id}/hangup``)."""
+        call = await self.get_call(cid)
+        if call.callee_user:
+            raise ApiFailure(409, "not_simulated", f"call {cid} goes to a user endpoint")
+        if await self._transition(cid, ("connected",), "ended", end_reason="hangup",
+                                  ended_by="far_end") is None:
+            raise ApiFailure(409, "call_not_connected", f"call {cid} is {call.state}")
+        await self.publish([Event(type="call.ended", call_id=cid, user=call.from_user,
+                                  endpoint_id=call.from_endpoint, reason="hangup")])
+        return await self.get_call(cid)
+
+    def _other_party_events(self, call: Call, eid: str, etype: str, **kw: Any) -> list[Event]:
+        if eid == call.from_endpoint:
+            if not call.answered_endpoint:
+                return []  # the other party is simulated
+            return [Event(type=etype, call_id=call.call_id, user=call.callee_user,
+                          endpoint_id=call.answered_endpoint, **kw)]
+        return [Event(type=etype, call_id=call.call_id, user=call.from_user,
+                      endpoint_id=call.from_endpoint, **kw)]
+
+    async def dtmf(self, cid: str, body: Dtmf) -> Call:
+        call = await self.get_call(cid)
+        if body.endpoint_id not in (call.from_endpoint, call.answered_endpoint):
+            raise ApiFailure(403, "not_a_party", f"{body.endpoint_id} is not in call {cid}")
+        if call.state != "connected":
+            raise ApiFailure(409, "call_not_connected", f"call {cid} is {call.state}")
+        events = self._other_party_events(call, body.endpoint_id, "call.dtmf",
+                                          digits=body.digits)
+        if events:
+            await self.publish(events)
+        else:
+            await self.redis.hset(self._call_key(cid), "dtmf_received",
+                                  _s(await self.redis.hget(self._call_key(cid),
+                                                           "dtmf_received")) + body.digits)
+        return call
+
+    async def sim_client_answer(self, eid: str, cid: str) -> Call:
+        ep = await self._sim_endpoint(eid)
+        offer = _s(await self.redis.hget(self._call_key(cid), "sdp_offer"))
+        return await self.answer(cid, Answer(endpoint_id=ep.endpoint_id,
+                                             sdp_answer=simulated_answer(offer)))
+
+    async def _sim_endpoint(self, eid: str) -> Endpoint:
+        ep = await self.get_endpoint(eid)
+        if ep is None or ep.kind != "teams-desktop":
+            raise ApiFailure(404, "endpoint_not_found", f"no simulated client {eid}")
+        return ep
+
+    async def sim_client_reject(self, eid: str, cid: str, reason: str) -> Call:
+        await self._sim_endpoint(eid)
+        return await self.reject(cid, Reject(endpoint_id=eid, reason=reason))
+
+    async def sim_client_hangup(self, eid: str, cid: str) -> Call:
+        await self._sim_endpoint(eid)
+        return await self.hangup(cid, eid)
+
+    async def sim_client_dtmf(self, eid: str, cid: str, digits: str) -> Call:
+        await self._sim_endpoint(eid)
+        if not digits:
+            raise ApiFailure(400, "bad_request", "digits: missing")
+        return await self.dtmf(cid, Dtmf(endpoint_id=eid, digits=digits))
