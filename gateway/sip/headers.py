@@ -159,8 +159,14 @@ def parse_quoted(text: str, start: int) -> tuple[str, int]:
     raise SipParseError("unterminated quoted string")
 
 
+_QUOTE_ESCAPES = {c: "\\" + chr(c) for c in (*range(0x09), *range(0x0B, 0x0D),
+                                             *range(0x0E, 0x20), 0x22, 0x5C, 0x7F)}
+_QUOTE_ESCAPES.update({0x0A: " ", 0x0D: " "})  # CR/LF cannot be quoted: never inject a line
+
+
 def quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """quoted-string for ``text`` (§25.1): '"', '\\' and controls as quoted-pairs."""
+    return '"' + text.translate(_QUOTE_ESCAPES) + '"'
 
 
 _HPARAM_RE = re.compile(
