@@ -7,7 +7,7 @@ responder) reacts to these and calls back into the stack to respond or send.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NewType, Union
+from typing import NewType
 
 from gateway.sip.message import SipRequest, SipResponse
 from gateway.sip.peer import Peer
@@ -33,7 +33,8 @@ class RequestReceived:
 
 @dataclass(frozen=True, slots=True)
 class AckReceived:
-    """An ACK for a 2xx (it has no transaction; §17.1.1.3, §13.3.1.4), or an ACK that matched nothing."""
+    """An ACK for a 2xx (it has no transaction; §17.1.1.3, §13.3.1.4), an ACK that matched
+    nothing, or one matching an INVITE server transaction in Accepted (RFC 6026 §8.7)."""
 
     request: SipRequest
     peer: Peer
@@ -88,7 +89,7 @@ class MalformedMessage:
     is_request: bool | None
 
 
-StackEvent = Union[
-    RequestReceived, AckReceived, ResponseReceived, StrayResponse, TransactionTimeout,
-    TransportFailed, TransactionTerminated, MalformedMessage,
-]
+StackEvent = (
+    RequestReceived | AckReceived | ResponseReceived | StrayResponse | TransactionTimeout
+    | TransportFailed | TransactionTerminated | MalformedMessage
+)

@@ -52,16 +52,37 @@ def stamp_via(via: Via, source: Peer) -> Via | None:
     packet's source address. RFC 3581 §4: when ``rport`` is present (empty),
     set it to the source port and add ``received`` even if the host matches.
     """
-    has_rport = via.has_rport
-    host_differs = not _same_address(unbracket(via.host), source.host)
-    if not has_rport and not host_differs:
+    params = via.params
+    has_rport = False
+    for k, _ in params:
+        if k == "rport":
+            has_rport = True
+            break
+    if not has_rport and _same_address(unbracket(via.host), source.host):
         return None
-    out = via
-    if host_differs or has_rport:
-        out = out.with_param("received", source.host)
-    if has_rport:
-        out = out.with_param("rport", str(source.port))
-    return out
+    # one pass, no dataclasses.replace: this runs for nearly every request
+    out: list[tuple[str, str | None]] = []
+    for k, v in params:
+        if k == "rport":
+            out.append((k, str(source.port)))
+        elif k != "received":
+            out.append((k, v))
+    out.append(("received", source.host))
+    return Via(via.transport, via.host, via.port, tuple(out), via.version)
+
+
+def _routing_params(via: Via) -> tuple[str | None, str | None, int | None]:
+    maddr = received = None
+    rport: int | None = None
+    for k, v in via.params:
+        if k == "received":
+            received = v
+        elif k == "rport":
+            if v and v.isdigit():
+                rport = int(v)
+        elif k == "maddr":
+            maddr = v
+    return maddr, received, rport
 
 
 def response_peer(via: Via, source: Peer) -> Peer:
@@ -74,14 +95,16 @@ def response_peer(via: Via, source: Peer) -> Peer:
         if source.flow is not None:
             return source
         return fallback_response_peer(via, source)
-    maddr = via.param("maddr")
+    maddr, received, rport = _routing_params(via)
     if maddr:
         return Peer(source.transport, unbracket(maddr), via.port or default_port(source.transport))
-    received = via.received
-    rport = via.rport
     if received:
-        port = rport if rport is not None else (via.port or default_port(source.transport))
-        return Peer(source.transport, unbracket(received), port)
+        if rport is not None:
+            if rport == source.port and received == source.host:
+                return source  # the common NAT case: straight back where it came from
+            return Peer(source.transport, unbracket(received), rport)
+        return Peer(source.transport, unbracket(received),
+                    via.port or default_port(source.transport))
     if rport is not None:
         return Peer(source.transport, unbracket(via.host), rport)
     return Peer(source.transport, unbracket(via.host), via.port or default_port(source.transport))

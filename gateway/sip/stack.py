@@ -34,6 +34,7 @@ from gateway.sip.events import (
     TransactionTerminated,
     TransportFailed,
 )
+from gateway.sip.headers import Via, split_comma
 from gateway.sip.message import (
     ParseFailure,
     SipMessage,
@@ -85,6 +86,19 @@ def new_branch() -> str:
 def new_tag() -> str:
     """A fresh From/To tag with 64 random bits (§19.3)."""
     return secrets.token_urlsafe(8)
+
+
+def _top_via(msg: SipMessage) -> Via | None:
+    """Only the topmost Via: the stack never needs the others, so it never parses them."""
+    raw = msg.headers.get("Via")
+    if raw is None:
+        return None
+    if "," in raw:
+        parts = split_comma(raw)
+        if not parts:
+            return None
+        raw = parts[0]
+    return Via.parse(raw)
 
 
 class SipStack:
@@ -186,18 +200,18 @@ class SipStack:
             self._events.append(MalformedMessage(e.reason, peer, msg.is_request))
 
     def _receive_request(self, request: SipRequest, peer: Peer, now: float) -> None:
-        vias = request.vias
-        if not vias:
+        via = _top_via(request)
+        if via is None:
             self._events.append(MalformedMessage("missing Via", peer, True))
             return
-        via = vias[0]
         stamped = stamp_via(via, peer)
         if stamped is not None:
             # §18.2.1: the stamped Via travels with the request and into every response
             headers = request.headers
             headers.remove_first_value("Via")
             headers.prepend("Via", str(stamped))
-            vias[0] = via = stamped
+            request.invalidate()
+            via = stamped
         key = server_key(request, via)
         txn = self._txns.get(key)
         method = request.method
@@ -234,8 +248,8 @@ class SipStack:
         self._events.append(RequestReceived(key, request, peer))
 
     def _receive_response(self, response: SipResponse, peer: Peer, now: float) -> None:
-        via = response.top_via
-        branch = via.branch
+        via = _top_via(response)
+        branch = via.branch if via is not None else None
         txn = None
         if branch is not None:
             txn = self._txns.get(client_key(branch, response.cseq.method))

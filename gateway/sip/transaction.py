@@ -335,7 +335,7 @@ class NonInviteClientTransaction(ClientTransaction):
 class ServerTransaction(Transaction):
     """Common part of the server machines: the last response's bytes for retransmission."""
 
-    __slots__ = ("last", "fell_back", "to_tag")
+    __slots__ = ("last", "fell_back", "final")
     is_server = True
 
     # network input: (state, input) -> (action(self, request, source, now), next state)
@@ -348,7 +348,7 @@ class ServerTransaction(Transaction):
         super().__init__(key, host, request, peer, state)
         self.last: bytes | None = None
         self.fell_back = False
-        self.to_tag: str | None = None
+        self.final: SipResponse | None = None
 
     def receive_request(self, request: SipRequest, source: Peer, now: float) -> None:
         """A retransmission of the request, or an ACK (INVITE only), matched (§17.2.3)."""
@@ -369,12 +369,19 @@ class ServerTransaction(Transaction):
         action, nxt = entry
         self.state = nxt
         if response.status >= 200:
-            try:
-                self.to_tag = response.to.tag
-            except SipParseError:
-                self.to_tag = None
+            self.final = response
         action(self, response, data, now)
         return True
+
+    @property
+    def to_tag(self) -> str | None:
+        """The To tag of our final response (RFC 2543 ACK matching, §17.2.3)."""
+        if self.final is None:
+            return None
+        try:
+            return self.final.to.tag
+        except SipParseError:
+            return None
 
     def _send(self, response: SipResponse, data: bytes, now: float) -> None:
         self.last = data
