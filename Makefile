@@ -21,7 +21,7 @@ run: $(VENV)/.installed
 
 ## tools: make sure SIPp and baresip are installed (apt-get as root; otherwise print how)
 tools:
-	scripts/ensure-tools.sh sipp:sip-tester baresip:baresip
+	scripts/ensure-tools.sh sipp:sip-tester baresip:baresip socat:socat
 
 bench-tools:
 	scripts/ensure-tools.sh sipp:sip-tester kamailio:kamailio

@@ -140,6 +140,7 @@ class SipDriver:
         proto = SipDatagramProtocol(self, host)
         lp = self._reactor.listenUDP(port, proto, interface=host or "", maxPacketSize=MAX_DATAGRAM)
         bound = int(lp.getHost().port)
+        _grow_socket_buffers(lp)
         proto.port = bound
         self._ports.append(lp)
         self._udp.append(proto)
@@ -480,3 +481,21 @@ class SipDriver:
 
 
 __all__ = ["SipDriver", "SipStackLike", "StreamLimits", "TlsFiles", "normalise_host"]
+
+
+UDP_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+def _grow_socket_buffers(port: Any) -> None:
+    """Ask for 4 MiB UDP buffers: bursts (a mass re-registration) queue in the kernel
+    instead of being dropped while the single-threaded loop is busy."""
+    import socket
+
+    sock = port.getHandle() if hasattr(port, "getHandle") else None
+    if sock is None:
+        return
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER_BYTES)
+        except OSError:
+            pass  # the kernel caps it at net.core.rmem_max; what we get is still best effort
