@@ -76,6 +76,8 @@ class StackConfig:
     server_header: str | None = None
     auto_100_trying: bool = True
     """Send 100 Trying as soon as an INVITE server transaction starts (§17.2.1)."""
+    retransmit_2xx: bool = True
+    """Retransmit our 2xx to INVITE until its ACK arrives (the UAS core's §13.3.1.4 duty)."""
 
 
 def new_branch() -> str:
@@ -108,6 +110,9 @@ class SipStack:
         self.config = config or StackConfig()
         self._txns: dict[TransactionKey, Transaction] = {}
         self._by_flow: dict[FlowId, set[TransactionKey]] = {}
+        # INVITE server transactions retransmitting a 2xx, by (Call-ID, CSeq number): the
+        # ACK for a 2xx has its own branch (§17.1.1.3), so it is matched like a dialog's
+        self._awaiting_ack: dict[tuple[str, int], InviteServerTransaction] = {}
         self._events: list[StackEvent] = []
         self._out: list[tuple[bytes, Peer]] = []
         self._heap = TimerHeap()
@@ -130,6 +135,10 @@ class SipStack:
         key = txn.key
         if self._txns.get(key) is txn:
             del self._txns[key]
+        if isinstance(txn, InviteServerTransaction) and self._awaiting_ack:
+            ident = (txn.request.call_id, txn.request.cseq.number)
+            if self._awaiting_ack.get(ident) is txn:
+                del self._awaiting_ack[ident]
         flow = txn.peer.flow
         if flow is not None:
             keys = self._by_flow.get(flow)
@@ -221,6 +230,10 @@ class SipStack:
                 txn.receive_request(request, peer, now)
             else:
                 # ACK for a 2xx (new branch, §17.1.1.3) or for nothing: the TU's business
+                if self._awaiting_ack:
+                    ist = self._awaiting_ack.pop((request.call_id, request.cseq.number), None)
+                    if ist is not None:
+                        ist.ack_for_2xx()
                 self._events.append(AckReceived(request, peer))
             return
         if txn is not None:
@@ -229,7 +242,8 @@ class SipStack:
             return
         dest = response_peer(via, peer)
         if method == "INVITE":
-            ist = InviteServerTransaction(key, self, request, dest)
+            ist = InviteServerTransaction(key, self, request, dest,
+                                          retransmit_2xx=self.config.retransmit_2xx)
             self._register(ist)
             self._events.append(RequestReceived(key, request, peer))
             if self.config.auto_100_trying:
@@ -284,7 +298,9 @@ class SipStack:
         server = self.config.server_header
         if server is not None and "Server" not in response.headers:
             response.headers.add("Server", server)
-        txn.send_response(response, now)
+        if txn.send_response(response, now) and isinstance(txn, InviteServerTransaction) \
+                and txn.awaiting_ack and txn.state is State.ACCEPTED:
+            self._awaiting_ack[(txn.request.call_id, txn.request.cseq.number)] = txn
 
     def _add_via(self, request: SipRequest, peer: Peer) -> str:
         sent_by = self.config.via_hosts.get(peer.transport)

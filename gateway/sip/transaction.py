@@ -393,14 +393,21 @@ class ServerTransaction(Transaction):
 
 
 class InviteServerTransaction(ServerTransaction):
-    """INVITE server transaction, RFC 3261 §17.2.1 (Figure 7) as amended by RFC 6026 §8.7."""
+    """INVITE server transaction, RFC 3261 §17.2.1 (Figure 7) as amended by RFC 6026 §8.7.
 
-    __slots__ = ()
+    With ``retransmit_2xx`` the transaction also does the UAS core's 2xx
+    retransmission of §13.3.1.4 while Accepted (T1 doubling to T2, on every
+    transport, until the ACK), so a lost 200 over UDP does not lose the call;
+    no ACK by Timer L (= 64*T1) is reported as ``TransactionTimeout``.
+    """
+
+    __slots__ = ("awaiting_ack",)
     is_invite = True
 
     def __init__(self, key: TransactionKey, host: TransactionHost, request: SipRequest,
-                 peer: Peer) -> None:
+                 peer: Peer, *, retransmit_2xx: bool = False) -> None:
         super().__init__(key, host, request, peer, State.PROCEEDING)
+        self.awaiting_ack = retransmit_2xx
 
     def _send_final(self, response: SipResponse, data: bytes, now: float) -> None:
         self._send(response, data, now)
@@ -410,10 +417,24 @@ class InviteServerTransaction(ServerTransaction):
         self._arm("H", self.cfg.timer_h, now)
 
     def _send_accept(self, response: SipResponse, data: bytes, now: float) -> None:
-        # RFC 6026 §8.7: 2xx retransmission is the TU's (§13.3.1.4); we wait out Timer L
-        # to absorb INVITE retransmissions and let the TU send 2xx again.
+        # RFC 6026 §8.7: Timer L absorbs INVITE retransmissions and lets 2xx through
         self._send(response, data, now)
         self._arm("L", self.cfg.timer_l, now)
+        if self.awaiting_ack:
+            self.interval = self.cfg.t1
+            self._arm("2xx", self.interval, now)
+
+    def _on_timer_2xx(self, now: float) -> None:
+        # §13.3.1.4: resend the (latest) 2xx, doubling up to T2, until the ACK arrives
+        if self.last is not None:
+            self.host.send(self.last, self.peer)
+        self.interval = min(self.interval * 2, self.cfg.t2)
+        self._arm("2xx", self.interval, now)
+
+    def ack_for_2xx(self) -> None:
+        """The ACK for our 2xx arrived (matched by the stack on Call-ID and CSeq)."""
+        self.awaiting_ack = False
+        self._cancel("2xx")
 
     def _on_timer_g(self, now: float) -> None:
         # §17.2.1: retransmit the final response, doubling up to T2, until ACK or Timer H
@@ -430,6 +451,11 @@ class InviteServerTransaction(ServerTransaction):
         self.terminate()
 
     def _on_timer_l(self, now: float) -> None:
+        if self.awaiting_ack:
+            # §13.3.1.4: no ACK within 64*T1: the TU should end the session
+            self._cancel("2xx")
+            self._timeout(now)
+            return
         self.terminate()
 
     def _confirm(self, request: SipRequest, source: Peer, now: float) -> None:
@@ -439,6 +465,7 @@ class InviteServerTransaction(ServerTransaction):
 
     def _ack_up(self, request: SipRequest, source: Peer, now: float) -> None:
         # RFC 6026 §8.7: an ACK matching in Accepted goes to the TU
+        self.ack_for_2xx()
         self.host.emit(AckReceived(request, source))
 
 
@@ -506,6 +533,7 @@ IST._TU = {
 }
 IST._TIMERS = {
     "G": IST._on_timer_g, "H": IST._on_timer_h, "I": IST._on_timer_i, "L": IST._on_timer_l,
+    "2xx": IST._on_timer_2xx,
 }
 
 NIST._NET = {

@@ -523,3 +523,44 @@ def test_build_cancel_copies_the_invite_identity() -> None:
     stack.receive_datagram(response_to(cancel, 200), UDP_PHONE, 0.2)
     [ev] = stack.events()
     assert isinstance(ev, ResponseReceived) and ev.key == key
+
+
+# -- §13.3.1.4 2xx retransmission done for the UAS core --------------------------------
+
+@pytest.mark.parametrize("peer", [UDP_PHONE, TCP_PHONE])
+def test_2xx_retransmitted_until_the_ack_with_its_own_branch(peer: Peer) -> None:
+    stack = make_stack()
+    ev = receive_invite(stack, peer)
+    stack.datagrams_to_send()
+    stack.respond(ev.key, build_response(ev.request, 200, to_tag="t1"), 1.0)
+    [ok] = sent(stack)
+    # T1, 2T1 … capped at T2, on every transport (the next hop may be UDP)
+    assert run_until(stack, 12.0) == [1.5, 2.5, 4.5, 8.5]
+    transport = "TCP" if peer.reliable else "UDP"
+    stack.receive_datagram(request_bytes("ACK", branch="z9hG4bKack2xx", cseq_method="ACK",
+                                         to_tag="t1", transport=transport), peer, 12.0)
+    [ack] = stack.events()
+    assert isinstance(ack, AckReceived)
+    assert run_until(stack, 32.9) == []
+    stack.handle_timer(33.0)
+    assert stack.events() == [TransactionTerminated(ev.key)]  # Timer L, no timeout
+
+
+def test_2xx_without_ack_times_out_at_timer_l() -> None:
+    stack = make_stack()
+    ev = receive_invite(stack)
+    stack.respond(ev.key, build_response(ev.request, 200, to_tag="t1"), 0.0)
+    run_until(stack, 31.9)
+    stack.handle_timer(32.0)
+    assert stack.events() == [TransactionTimeout(ev.key), TransactionTerminated(ev.key)]
+    assert stack.next_timer() is None
+
+
+def test_2xx_retransmission_can_be_left_to_the_tu() -> None:
+    stack = make_stack(retransmit_2xx=False)
+    ev = receive_invite(stack)
+    stack.respond(ev.key, build_response(ev.request, 200, to_tag="t1"), 0.0)
+    stack.datagrams_to_send()
+    assert run_until(stack, 31.9) == []
+    stack.handle_timer(32.0)
+    assert stack.events() == [TransactionTerminated(ev.key)]
