@@ -108,8 +108,8 @@ class BackendClient:
         self._pool.maxPersistentPerHost = 8
         policy = BrowserLikePolicyForHTTPS(trustRoot=self._trust) if self._trust else \
             BrowserLikePolicyForHTTPS()
-        self._http = treq.client.HTTPClient(Agent(reactor, contextFactory=policy,
-                                                  pool=self._pool))
+        agent: Any = Agent(reactor, contextFactory=policy, pool=self._pool)
+        self._http = treq.client.HTTPClient(agent)
         self.metrics = BackendMetrics(registry) if registry is not None else None
 
     async def close(self) -> None:
@@ -121,7 +121,8 @@ class BackendClient:
                        query: dict[str, str] | None = None) -> Any:
         loop = asyncio.get_running_loop()
         url = self.base_url + path + (("?" + urlencode(query)) if query else "")
-        headers = {b"Authorization": [f"Bearer {self._token}".encode()],
+        headers: dict[bytes | str, list[bytes | str]] = {
+                   b"Authorization": [f"Bearer {self._token}".encode()],
                    b"Accept": [b"application/json"]}
         data = None
         if body is not None:
@@ -378,10 +379,11 @@ class EventStream:
 
     async def close(self) -> None:
         self._closing = True
-        if self._proto is not None:
-            self._proto.sendClose()
-            if self._proto.transport is not None:
-                self._proto.transport.loseConnection()
+        proto: Any = self._proto
+        if proto is not None:
+            proto.sendClose()
+            if proto.transport is not None:
+                proto.transport.loseConnection()
         if self._task is not None:
             self._task.cancel()
             try:

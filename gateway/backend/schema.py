@@ -5,7 +5,7 @@ dataclasses below, with ``to_json() -> dict`` and a strict
 ``from_json(obj) -> Self`` that raises ``SchemaError`` (a ValueError) with a
 message naming the field at fault: unknown fields, wrong types, bad
 enumerations, oversized strings are all refused. The REST paths are listed in
-``docs/backend-openapi.yaml``.
+``gateway/backend/openapi.json`` (OpenAPI 3.1, package data).
 
 Events (``GET /v1/events``, WebSocket, one JSON object per text message)::
 

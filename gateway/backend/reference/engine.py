@@ -13,6 +13,12 @@ top [PLAN]: "SIP device users can only call users who have phone numbers",
 users need a number with PSTN enabled and AllowSIPDevicesCalling, GCC High
 and DoD tenants are refused, emergency numbers are always accepted and their
 location (PIDF-LO, RFC 4119) is kept on the call record.
+
+Redis keys (prefix ``bk:``; details in SCHEMA.md beside this module):
+``bk:ep:{eid}`` hash with TTL (an online endpoint), ``bk:uep:{oid}`` set (a
+user's endpoints), ``bk:call:{cid}`` hash (the call record, state changed only
+by the ``_CAS`` Lua script), ``bk:call:{cid}:offered`` / ``:dropped`` sets
+(fork branches), ``bk:events`` stream (the event log behind ``/v1/events``).
 """
 
 from __future__ import annotations
@@ -25,8 +31,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from gateway.backend.directory import Directory, User
 from gateway.backend.schema import (
@@ -141,7 +145,7 @@ def simulated_offer() -> str:
 class CallEngine:
     """The backend's call control over Redis (RFC 3261 §16.7 forking semantics)."""
 
-    def __init__(self, redis: Any, directory: Directory, reactor: IReactorTime,
+    def __init__(self, redis: Any, directory: Directory, reactor: Any,
                  config: EngineConfig | None = None) -> None:
         self.redis = redis
         self.directory = directory
@@ -149,7 +153,7 @@ class CallEngine:
         self.config = config or EngineConfig()
         self._p = self.config.prefix
         self._cas = redis.register_script(_CAS)
-        self._timers: dict[tuple[str, str], IDelayedCall] = {}
+        self._timers: dict[tuple[str, str], Any] = {}  # IDelayedCall
         self.events_key = f"{self._p}events"
 
     # --- keys ------------------------------------------------------------------------

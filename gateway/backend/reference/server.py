@@ -4,7 +4,7 @@ Every request needs ``Authorization: Bearer <token>`` (RFC 6750 §2.1); a
 missing or wrong token gets 401 with ``WWW-Authenticate: Bearer``. Bodies are
 JSON objects validated by ``gateway.backend.schema``; bad input gets a 400
 ``{"error": "bad_request", "message": ...}``, never a traceback. The routes
-are listed in ``ROUTES`` and documented in ``docs/backend-openapi.yaml``
+are listed in ``ROUTES`` and documented in ``gateway/backend/openapi.json``
 (a unit test keeps the two equal).
 
 ``GET /v1/events`` upgrades to a WebSocket (RFC 6455) that streams events
@@ -32,7 +32,6 @@ from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
@@ -412,7 +411,7 @@ def _valid_stream_id(v: str) -> bool:
 
 
 class EventStreamFactory(WebSocketServerFactory):
-    protocol = EventStreamProtocol
+    protocol = EventStreamProtocol  # type: ignore[assignment]
 
     def __init__(self, engine: CallEngine, token: str) -> None:
         super().__init__()
@@ -427,7 +426,7 @@ class V1Resource(Resource):
         self.rest = rest
         self.events = events
 
-    def getChild(self, path: bytes, request: Request) -> Resource:
+    def getChild(self, path: bytes, request: Request) -> Any:
         if path == b"events" and not request.postpath:
             return self.events
         return self.rest
@@ -465,7 +464,7 @@ async def start_reference_backend(
         raise ValueError("the reference backend needs a bearer token")
     engine = CallEngine(redis, directory, reactor, config)
     site, ws_factory = build_site(engine, token)
-    listening: IListeningPort = reactor.listenTCP(port, site, interface=host)
+    listening: Any = reactor.listenTCP(port, site, interface=host)  # IListeningPort
     stopped = [False]
 
     async def stop() -> None:
@@ -527,8 +526,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def boot() -> None:
         d: Deferred[None] = Deferred.fromFuture(asyncio.ensure_future(run()))
-        d.addErrback(lambda f: (log.error("backend failed: %s", f.getErrorMessage()),
-                                reactor.stop()))
+        def failed(f: Any) -> None:
+            log.error("backend failed: %s", f.getErrorMessage())
+            reactor.stop()
+        d.addErrback(failed)
 
     reactor.callWhenRunning(boot)
     reactor.run()
