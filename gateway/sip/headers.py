@@ -251,6 +251,10 @@ NAME_ADDR_FAST_RE = re.compile(
 CSEQ_RE = re.compile(r"(\d+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
 
 
+_ADDR_CACHE: dict[str, NameAddr] = {}
+_ADDR_CACHE_MAX = 4096
+
+
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     """name-addr / addr-spec with header parameters (RFC 3261 §20.10, §20.20, §20.39).
@@ -266,6 +270,18 @@ class NameAddr:
 
     @classmethod
     def parse(cls, text: str) -> NameAddr:
+        """Parse one name-addr/addr-spec with parameters; memoised (the object is immutable)."""
+        hit = _ADDR_CACHE.get(text)
+        if hit is not None:
+            return hit
+        addr = cls._parse(text)
+        if len(_ADDR_CACHE) >= _ADDR_CACHE_MAX:
+            _ADDR_CACHE.clear()
+        _ADDR_CACHE[text] = addr
+        return addr
+
+    @classmethod
+    def _parse(cls, text: str) -> NameAddr:
         text = text.strip(" \t")
         if not text:
             raise SipParseError("empty address")
