@@ -406,3 +406,40 @@ async def test_event_stream_bad_token_and_resume(redis_url: str) -> None:
             assert ev.type == "endpoint.dnd" and ev.endpoint_id == "bob-desk"
         finally:
             await resumed.close()
+
+
+@run
+async def test_event_stream_reconnects_and_resumes(redis_url: str) -> None:
+    """The backend restarts on the same port: the stream reconnects and misses nothing."""
+    from twisted.internet import reactor
+
+    redis = connect(redis_url)
+    port, stop = await start_reference_backend(redis, DIRECTORY, "127.0.0.1", 0, TOKEN, reactor)
+    registry = CollectorRegistry()
+    client = BackendClient(f"http://127.0.0.1:{port}", TOKEN, registry=registry)
+    stream = client.events(users=(BOB.oid,))
+    stop2 = None
+    try:
+        await stream.ready()
+        await client.add_endpoint(BOB.oid, EndpointCreate(endpoint_id="b1", device_id="d"))
+        assert (await stream.next()).endpoint_id == "b1"
+        await stop()
+        # Published while no backend serves the stream: must be replayed after reconnecting.
+        other = BackendClient(f"http://127.0.0.1:{port}", TOKEN)
+        _, stop2 = await start_reference_backend(redis, DIRECTORY, "127.0.0.1", port, TOKEN,
+                                                 reactor)
+        await other.set_dnd(BOB.oid, "b1", True)
+        await other.add_endpoint(ALICE.oid, EndpointCreate(endpoint_id="a1", device_id="d"))
+        await other.add_endpoint(BOB.oid, EndpointCreate(endpoint_id="b2", device_id="d"))
+        await other.close()
+        got = [await stream.next(), await stream.next()]
+        assert [(e.type, e.endpoint_id) for e in got] == [("endpoint.dnd", "b1"),
+                                                          ("endpoint.online", "b2")]
+        assert registry.get_sample_value("backend_event_stream_reconnects_total") >= 1
+    finally:
+        await stream.close()
+        await client.close()
+        await stop()
+        if stop2 is not None:
+            await stop2()
+        await redis.aclose()
