@@ -16,10 +16,13 @@ from gateway.sip.message import (
     parse_message,
 )
 from gateway.sip.peer import Peer
+from gateway.sip.stack import SipStack, StackConfig
+from gateway.sip.timers import TimerConfig
 from gateway.sip.uri import Uri
 
 __all__ = [
     "CSeq", "Headers", "LocalProtocolError", "NameAddr", "ParseFailure", "Peer",
-    "SipError", "SipMessage", "SipParseError", "SipRequest", "SipResponse",
+    "SipError", "SipMessage", "SipParseError", "SipRequest", "SipResponse", "SipStack",
+    "StackConfig", "TimerConfig",
     "StreamParser", "Uri", "Via", "build_error_response", "build_response", "parse_message",
 ]

@@ -8,7 +8,7 @@ is usable), §3.2/§3.3 parse and expose what a server needs to react.
 from __future__ import annotations
 
 import pytest
-from conftest import testdata_dir as shared_data
+from support import testdata_dir as shared_data
 
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr

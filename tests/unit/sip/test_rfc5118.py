@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import testdata_dir as shared_data
+from support import testdata_dir as shared_data
 
 from gateway.sip.message import ParseFailure, SipRequest, build_error_response, parse_message
 from gateway.sip.uri import Uri
