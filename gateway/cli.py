@@ -91,6 +91,54 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     return catalog_main(args.rest, prog="sipgw catalog")
 
 
+def cmd_backend(args: argparse.Namespace) -> int:
+    """Run the reference backend alone, on the configured Redis (or a private Valkey)."""
+    import os
+
+    cfg = load_config(args.config)
+    argv = ["--host", cfg.backend.host, "--port", str(cfg.backend.port)] + list(args.rest)
+    if cfg.backend.directory:
+        argv += ["--directory", cfg.backend.directory]
+    valkey = None
+    wants_help = any(a in ("-h", "--help") for a in args.rest)
+    if not wants_help and not cfg.redis.url and "--redis-url" not in args.rest \
+            and not os.environ.get("SIPGW_REDIS_URL"):
+        from gateway.state.valkey import EmbeddedValkey
+
+        valkey = EmbeddedValkey(cfg.data_path / "backend-valkey")
+        valkey.start()
+        argv += ["--redis-url", valkey.url]
+        print(f"listening valkey unix {valkey.socket_path}:0", flush=True)
+    elif cfg.redis.url:
+        argv += ["--redis-url", cfg.redis.url]
+    if not os.environ.get("SIPGW_BACKEND_TOKEN") and cfg.backend.token:
+        os.environ["SIPGW_BACKEND_TOKEN"] = cfg.backend.token
+    from gateway.backend.reference.server import main as backend_main
+
+    try:
+        return backend_main(argv)
+    finally:
+        if valkey is not None:
+            valkey.stop()
+
+
+def cmd_directory(args: argparse.Namespace) -> int:
+    """``directory passwd FILE UPN``: set a directory user's password (stored as scrypt)."""
+    import getpass
+
+    from gateway.backend.directory import set_password
+
+    password = getpass.getpass(f"new password for {args.upn}: ") if args.password_stdin is False \
+        else sys.stdin.readline().rstrip("\n")
+    try:
+        set_password(args.file, args.upn, password)
+    except ValueError as e:
+        print(f"sipgw directory: {e}", file=sys.stderr)
+        return 1
+    print(f"password of {args.upn} updated in {args.file}")
+    return 0
+
+
 def run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return asyncio.run(fn())
 
@@ -116,12 +164,37 @@ def build_parser() -> argparse.ArgumentParser:
                               "compliance verdict; `catalog list [--vendor V]` the table")
     cat.add_argument("rest", nargs=argparse.REMAINDER, help="check \"<User-Agent>\" | list")
     cat.set_defaults(func=cmd_catalog)
+
+    b = sub.add_parser("backend", add_help=False,
+                       help="run the reference call-control backend alone "
+                            "(token from $SIPGW_BACKEND_TOKEN; see `sipgw backend --help`)")
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_backend)
+
+    d = sub.add_parser("directory", help="directory of the reference backend: "
+                                         "`directory passwd FILE UPN` sets a user's password")
+    dsub = d.add_subparsers(dest="action", required=True)
+    pw = dsub.add_parser("passwd", help="set a user's password (prompted, or --stdin)")
+    pw.add_argument("file", help="directory TOML file")
+    pw.add_argument("upn", help="the user's sign-in name, e.g. alice@contoso.example")
+    pw.add_argument("--stdin", dest="password_stdin", action="store_true",
+                    help="read the password from standard input")
+    pw.set_defaults(func=cmd_directory)
     return p
+
+
+PASSTHROUGH = ("catalog", "backend", "devices")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # pass-through commands hand their own options (even --help) to their parser
+        if getattr(args, "command", None) in PASSTHROUGH:
+            args.rest = list(unknown) + list(getattr(args, "rest", []))
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
