@@ -201,6 +201,9 @@ class Gateway:
     async def _start_services(self) -> None:
         """Transaction users: the registrar, the B2BUA."""
         self._start_registrar()
+        from gateway.b2bua.service import attach_b2bua
+        self.b2bua = await attach_b2bua(self)
+        self._stoppers.append(self.b2bua.stop)
 
     def _start_registrar(self) -> None:
         from firmware_catalog import load_catalog

@@ -1,0 +1,1205 @@
+"""The B2BUA between phones' SIP dialogs and the call-control backend's calls.
+
+RFC 3261 §13 (INVITE sessions, UAS and UAC cores), §15 (BYE), §9 (CANCEL),
+RFC 3262 (reliable provisionals, PRACK), RFC 3311 (UPDATE), RFC 4028 (session
+timers), RFC 3326 (Reason), RFC 6442 (Geolocation for emergency calls).
+
+The controller sees only call events, in the sippy/livekit shape: from the
+phone side try (INVITE), cancel (CANCEL), disconnect (BYE); from the backend
+side ring, connect, fail, disconnect (``call.*`` events). Pending transactions
+are process state (they die with their transactions); established legs are in
+Redis (``gateway.b2bua.legs``) so any node, or this node after a restart, can
+still end the call on both sides.
+
+``attach_b2bua(gateway)`` registers the handlers on a started ``Gateway`` and
+returns the ``B2BUA`` (``stop()`` to detach).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from gateway.b2bua.dialplan import DialPlan, DialTarget, Feature, TargetKind
+from gateway.b2bua.legs import Leg, LegStore
+from gateway.b2bua.mapping import (
+    COMPLETED_ELSEWHERE,
+    backend_error_to_sip,
+    from_sip,
+    reason_header,
+    to_sip,
+)
+from gateway.backend.client import BackendError, BackendUnavailable
+from gateway.backend.schema import CallCreate, EndpointCreate, Event, Target
+from gateway.registrar.auth import AuthStatus
+from gateway.sip.dialog import Dialog, DialogError, build_ack_for_2xx
+from gateway.sip.digest import DigestCredentials, DigestError
+from gateway.sip.errors import SipParseError
+from gateway.sip.events import RequestReceived, StrayResponse, TransactionKey
+from gateway.sip.message import SipRequest, SipResponse, build_response
+from gateway.sip.peer import Peer
+from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer, simple_answer
+from gateway.sip.stack import new_tag
+from gateway.sip.transaction import build_cancel
+
+log = logging.getLogger("sipgw.b2bua")
+
+ENDPOINT_PREFIX = "sipdev-"
+MIN_SE = 90  # RFC 4028 §4: the smallest Session-Expires we accept
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK, INFO"
+SUPPORTED = "100rel, timer, replaces"
+CAPABILITIES = ("audio", "dtmf-rfc4733", "dtmf-info", "hold")
+FEATURE_BYE_DELAY = 1.0  # seconds a feature-code call stays up (confirmation prompt later)
+_SIGNAL_RE = re.compile(r"(?im)^\s*signal\s*=\s*([0-9*#A-Da-d])\s*$")
+
+FeatureHandler = Callable[[RequestReceived, Any, DialTarget], Awaitable[SipResponse | None]]
+
+
+def endpoint_id_for(device_id: str) -> str:
+    """The backend endpoint id of a SIP device."""
+    return f"{ENDPOINT_PREFIX}{device_id}"
+
+
+def device_id_for(endpoint_id: str) -> str | None:
+    if endpoint_id.startswith(ENDPOINT_PREFIX):
+        return endpoint_id[len(ENDPOINT_PREFIX):] or None
+    return None
+
+
+@dataclass(frozen=True)
+class B2buaConfig:
+    """Tunables of the B2BUA."""
+
+    t1: float = 0.5
+    t2: float = 4.0
+    min_se: int = MIN_SE
+    sweep_interval: float = 1.0  # seconds between session-timer checks
+    feature_bye_delay: float = FEATURE_BYE_DELAY
+    event_user: str = ""  # empty: every event (a gateway serves many users)
+
+
+class B2buaMetrics:
+    """Calls through the B2BUA (backend API latency/errors are the client's)."""
+
+    def __init__(self, registry: Any) -> None:
+        self.active = Gauge("b2bua_calls_active", "Established calls bridged by this node",
+                            registry=registry)
+        self.calls = Counter("b2bua_calls_total", "Call attempts by direction and final status",
+                             ("direction", "status"), registry=registry)
+        self.setup = Histogram(
+            "b2bua_call_setup_seconds", "INVITE (or backend offer) to answer",
+            ("direction",), buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=registry)
+
+    def final(self, direction: str, status: int) -> None:
+        self.calls.labels(direction, str(status)).inc()
+
+
+# -- bodies ------------------------------------------------------------------------------
+
+def split_body(request: SipRequest) -> tuple[str, str]:
+    """The SDP and the PIDF-LO (RFC 4119) in a request body (single part or
+    multipart/mixed, RFC 6442 §4.1). Returns (sdp, pidf), empty strings when absent."""
+    ctype = (request.headers.get("Content-Type") or "").strip()
+    main = ctype.split(";")[0].strip().lower()
+    body = request.body
+    if not body:
+        return "", ""
+    if main == "application/sdp":
+        return body.decode("utf-8", "replace"), ""
+    if main == "application/pidf+xml":
+        return "", body.decode("utf-8", "replace")
+    if main != "multipart/mixed":
+        return "", ""
+    raw = b"Content-Type: " + ctype.encode("utf-8", "replace") + b"\r\n\r\n" + body
+    msg = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(raw)
+    sdp = pidf = ""
+    if not msg.is_multipart():
+        return "", ""
+    for part in msg.get_payload():
+        if not hasattr(part, "get_content_type"):
+            continue
+        payload = part.get_payload(decode=True)
+        text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
+        ptype = part.get_content_type()
+        if ptype == "application/sdp" and not sdp:
+            sdp = text
+        elif ptype == "application/pidf+xml" and not pidf:
+            pidf = text
+    return sdp, pidf
+
+
+def _parse_sdp(text: str) -> SessionDescription | None:
+    try:
+        return SessionDescription.parse(text)
+    except SdpError:
+        return None
+
+
+# -- in-memory state of pending transactions -------------------------------------------
+
+@dataclass
+class _Outbound:
+    """A phone's INVITE waiting for the backend (UAS side, RFC 3261 §13.3)."""
+
+    event: RequestReceived
+    device: Any
+    endpoint_id: str
+    tag: str
+    contact: str
+    started: float
+    reliable_1xx: bool = False
+    rseq: int = 0
+    pracked: asyncio.Event = field(default_factory=asyncio.Event)
+    backend_call_id: str = ""
+    finished: bool = False
+    rang: bool = False
+    session_expires: int = 0
+    refresher: str = ""
+    stash: list[Event] = field(default_factory=list)
+
+
+@dataclass
+class _Branch:
+    request: SipRequest
+    peer: Peer
+    provisional: asyncio.Event = field(default_factory=asyncio.Event)
+    final: int = 0
+    cancelled: bool = False
+
+
+@dataclass
+class _Inbound:
+    """A backend offer forked to one device's registered contacts (UAC side, §13.2)."""
+
+    call_id: str
+    endpoint_id: str
+    device: Any
+    started: float
+    branches: list[_Branch] = field(default_factory=list)
+    answered: bool = False
+    rang: bool = False
+    cancel_reason: str | None = None
+
+
+class B2BUA:
+    """Bridges phone dialogs and backend calls (see the module docstring)."""
+
+    def __init__(self, gateway: Any, config: B2buaConfig | None = None,
+                 dialplan: DialPlan | None = None, catalog: Any = None) -> None:
+        self.gw = gateway
+        cfg = gateway.config
+        self.config = config or B2buaConfig(t1=cfg.sip.t1, t2=cfg.sip.t2)
+        self.dialplan = dialplan or DialPlan()
+        self.domain = cfg.sip.domain
+        self.legs = LegStore(gateway.redis)
+        self.metrics = B2buaMetrics(gateway.registry)
+        self.feature_handlers: dict[Feature, FeatureHandler] = {}
+        self._catalog = catalog
+        self._outbound: dict[TransactionKey, _Outbound] = {}
+        self._out_by_call: dict[str, _Outbound] = {}
+        self._out_by_tag: dict[tuple[str, str], _Outbound] = {}
+        self._creating = 0
+        self._early_events: dict[str, list[Event]] = {}
+        self._inbound: dict[tuple[str, str], _Inbound] = {}
+        self._acks: dict[tuple[str, str, int], asyncio.Event] = {}
+        self._local: dict[tuple[str, str, str], Dialog] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stream: Any = None
+        self._stopped = False
+        self._prev_stray: Callable[[StrayResponse], None] | None = None
+        self.event_node = cfg.server.node_id or "local"
+        self.ready = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------
+    async def start(self) -> None:
+        gw = self.gw
+        gw.on_request("REGISTER", self._handle_register_request)
+        gw.on_request("INVITE", self._handle_invite_request)
+        gw.on_request("ACK", self._handle_ack_request)
+        gw.on_request("BYE", self._handle_bye_request)
+        gw.on_request("CANCEL", self._handle_cancel_request)
+        gw.on_request("UPDATE", self._handle_update_request)
+        gw.on_request("PRACK", self._handle_prack_request)
+        gw.on_request("INFO", self._handle_info_request)
+        self._prev_stray = gw.on_stray
+        gw.on_stray = self._on_stray
+        self.metrics.active.set(await self.legs.count())
+        since = await self.legs.last_event(self.event_node)
+        users = (self.config.event_user,) if self.config.event_user else ()
+        self._stream = gw.backend.events(users, since)
+        self._spawn(self._consume_events())
+        self._spawn(self._session_timer_loop())
+        try:
+            await self._stream.ready(10.0)
+            self.ready.set()
+        except TimeoutError:
+            log.warning("backend event stream not ready yet; calls from the backend may wait")
+
+    async def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._stream is not None:
+            await self._stream.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        if self.gw.on_stray == self._on_stray:
+            self.gw.on_stray = self._prev_stray
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("b2bua task failed", exc_info=task.exception())
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    # -- helpers ----------------------------------------------------------------------
+    def _now(self) -> float:
+        return time.monotonic()
+
+    def our_contact(self, transport: str) -> str:
+        host, port = self.gw.stack.config.via_hosts.get(
+            transport, next(iter(self.gw.stack.config.via_hosts.values())))
+        h = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        tp = "" if transport == "UDP" else f";transport={transport.lower()}"
+        return f"<sip:sipgw@{h}:{port}{tp}>"
+
+    def _respond(self, key: TransactionKey | None, response: SipResponse) -> None:
+        if key is not None:
+            self.gw.driver.respond(key, response)
+
+    def _fail(self, request: SipRequest, status: int, warning: str = "", *,
+              tag: str | None = None, reason: str | None = None,
+              headers: list[tuple[str, str]] | None = None) -> SipResponse:
+        hdrs = list(headers or [])
+        if warning:
+            hdrs.append(("Warning", f'399 sipgw "{warning.replace(chr(34), chr(39))}"'))
+        if reason:
+            hdrs.append(("Reason", reason))
+        return build_response(request, status, to_tag=tag or new_tag(), headers=hdrs)
+
+    def _e911_capable(self, device: Any) -> bool:
+        try:
+            if self._catalog is None:
+                from firmware_catalog import load_catalog
+                self._catalog = load_catalog()
+            entry = self._catalog.lookup(device.vendor, device.model)
+        except Exception:  # noqa: BLE001 - an unreadable catalog must not block 911
+            log.exception("firmware catalog lookup failed")
+            return False
+        return bool(entry is not None and entry.e911)
+
+    # -- REGISTER: backend endpoints follow registrations -----------------------------
+    async def _handle_register_request(self, event: RequestReceived) -> SipResponse:
+        response: SipResponse = await self.gw.registrar.handle_register(
+            event.request, event.peer, self.gw.node_id)
+        if response.status == 200:
+            try:
+                user = event.request.to.uri.user_unescaped or ""
+            except SipParseError:
+                user = ""
+            if user:
+                expires = [c.param("expires") for c in response.contacts]
+                self._spawn(self._sync_endpoint(user, [int(e) for e in expires
+                                                       if e and e.isdigit()]))
+        return response
+
+    async def _sync_endpoint(self, username: str, expires: list[int]) -> None:
+        device = await self.gw.devices.get_by_username(username)
+        if device is None or not device.paired or not device.user:
+            return
+        eid = endpoint_id_for(device.device_id)
+        try:
+            if expires and max(expires) > 0:
+                ttl = min(86400, max(30, max(expires) + 30))
+                await self.gw.backend.add_endpoint(device.user, EndpointCreate(
+                    endpoint_id=eid, device_id=device.device_id,
+                    capabilities=CAPABILITIES, expires=ttl))
+            else:
+                await self.gw.backend.remove_endpoint(device.user, eid)
+        except BackendError as e:
+            if e.status != 404:
+                log.warning("backend endpoint %s for %s: %s", eid, device.device_id, e)
+        except BackendUnavailable as e:
+            log.warning("backend unavailable for endpoint %s: %s", eid, e)
+
+    # -- trust: is the INVITE from the device it claims? -------------------------------
+    async def _authenticate(self, event: RequestReceived) -> tuple[Any, SipResponse | None]:
+        """The calling device, or the response to send (407 challenge, 403)."""
+        request, peer = event.request, event.peer
+        registrar = self.gw.registrar
+        auth = registrar.auth
+        try:
+            username = request.from_.uri.user_unescaped or ""
+        except SipParseError:
+            username = ""
+        device = await self.gw.devices.get_by_username(username) if username else None
+        if device is not None:
+            for b in await registrar.lookup(device.aor):
+                src = b.source
+                if (src.flow is not None and src.flow == peer.flow) or (
+                        src.transport == peer.transport and src.host == peer.host
+                        and src.port == peer.port):
+                    return device, None
+        # Not from its registration path: RFC 3261 §22.3 proxy-style digest challenge.
+        creds: DigestCredentials | None = None
+        try:
+            for value in request.headers.get_raw("Proxy-Authorization"):
+                c = DigestCredentials.parse(value)
+                if c.realm == auth.realm:
+                    creds = c
+        except DigestError as e:
+            return None, self._fail(request, 400, f"bad Proxy-Authorization: {e}")
+        now = time.time()
+        if creds is None:
+            return None, self._challenge(request, now)
+        record = await self.gw.devices.get_auth(creds.username)
+        status = auth.verify(creds, request.method, record.ha1 if record else None, now)
+        if status in (AuthStatus.BAD_NONCE, AuthStatus.NONE):
+            return None, self._challenge(request, now)
+        if status is AuthStatus.STALE:
+            return None, self._challenge(request, now, stale=True)
+        if status is not AuthStatus.OK or record is None or creds.username != username:
+            return None, self._fail(request, 403, "authentication failed")
+        device = await self.gw.devices.get(record.device_id)
+        if device is None:
+            return None, self._fail(request, 403, "authentication failed")
+        return device, None
+
+    def _challenge(self, request: SipRequest, now: float, *, stale: bool = False
+                   ) -> SipResponse:
+        hdrs = [("Proxy-Authenticate", c)
+                for c in self.gw.registrar.auth.challenges(now, stale=stale)]
+        return build_response(request, 407, to_tag=new_tag(), headers=hdrs)
+
+    # -- INVITE -----------------------------------------------------------------------
+    async def _handle_invite_request(self, event: RequestReceived) -> SipResponse | None:
+        request = event.request
+        try:
+            to_tag = request.to.tag
+        except SipParseError as e:
+            return self._fail(request, 400, e.reason)
+        if to_tag:
+            return await self._reinvite(event)
+        device, refusal = await self._authenticate(event)
+        if refusal is not None:
+            return refusal
+        # RFC 4028 §8.1: too small a session interval gets 422 with our Min-SE
+        se, refresher, error = self._session_timer(request)
+        if error is not None:
+            return error
+        sdp_text, pidf = split_body(request)
+        if request.body and not sdp_text:
+            return self._fail(request, 488, "no SDP offer in the INVITE")
+        if sdp_text and _parse_sdp(sdp_text) is None:
+            return self._fail(request, 488, "malformed SDP offer")
+        target = self.dialplan.classify(request.uri.user_unescaped)
+        if target.kind is TargetKind.INVALID:
+            self.metrics.final("out", 484)
+            return self._fail(request, 484, "number not recognised")
+        if target.kind is TargetKind.FEATURE:
+            return await self._feature(event, device, target, sdp_text)
+        if target.kind is not TargetKind.EMERGENCY and not device.paired:
+            self.metrics.final("out", 403)
+            return self._fail(request, 403, "sign in to make calls")
+        if not sdp_text:
+            # offerless INVITE: the backend API needs an offer (RFC 3264 §4 late offer)
+            return self._fail(request, 488, "an SDP offer is required")
+        location = ""
+        if target.kind is TargetKind.EMERGENCY and self._e911_capable(device):
+            location = pidf
+            if not location:
+                geo = request.headers.get("Geolocation")
+                if geo:
+                    location = geo
+        requires = {t.lower() for t in request.require}
+        supported = {t.lower() for t in request.supported}
+        out = _Outbound(event=event, device=device,
+                        endpoint_id=endpoint_id_for(device.device_id),
+                        tag=new_tag(), contact=self.our_contact(event.peer.transport),
+                        started=self._now(), reliable_1xx="100rel" in requires,
+                        session_expires=se, refresher=refresher)
+        if se and "timer" not in supported and refresher == "uac":
+            out.refresher = "uas"
+        self._outbound[event.key] = out
+        self._out_by_tag[(request.call_id, out.tag)] = out
+        if target.kind is TargetKind.EMERGENCY:
+            tgt = Target(kind="emergency", value=target.value)
+        else:
+            tgt = await self._target_for(target.value)
+        body = CallCreate(from_user=device.user if device.paired else "",
+                          from_endpoint=out.endpoint_id, target=tgt, sdp_offer=sdp_text,
+                          location=location)
+        self._creating += 1
+        try:
+            call = await self.gw.backend.create_call(body)
+        except BackendError as e:
+            self._forget_outbound(out)
+            st, phrase, warning = backend_error_to_sip(e.status, e.code, e.message)
+            self.metrics.final("out", st)
+            return self._fail(request, st, warning, tag=out.tag,
+                              reason=reason_header(st, phrase))
+        except BackendUnavailable as e:
+            self._forget_outbound(out)
+            self.metrics.final("out", 503)
+            return self._fail(request, 503, f"calling service unavailable: {e}",
+                              tag=out.tag, headers=[("Retry-After", "5")])
+        finally:
+            self._creating -= 1
+        out.backend_call_id = call.call_id
+        self._out_by_call[call.call_id] = out
+        stashed = self._early_events.pop(call.call_id, [])
+        if out.finished:  # CANCEL arrived while the call was being created
+            await self._backend_cancel(out)
+            return None
+        for ev in stashed:
+            await self._outbound_event(out, ev)
+        if call.state == "ended" and not out.finished:
+            await self._finish_outbound(out, call.end_reason or "unavailable")
+        return None
+
+    async def _target_for(self, number: str) -> Target:
+        if number.startswith("+"):
+            try:
+                user = await self.gw.backend.user_by_number(number)
+            except (BackendError, BackendUnavailable):
+                user = None
+            if user is not None:
+                return Target(kind="user", value=user.oid)
+            return Target(kind="pstn", value=number)
+        return Target(kind="user", value=number)  # extensions: the backend resolves them
+
+    def _session_timer(self, request: SipRequest
+                       ) -> tuple[int, str, SipResponse | None]:
+        raw = request.headers.get("Session-Expires")
+        if not raw:
+            return 0, "", None
+        value, _, params = raw.partition(";")
+        try:
+            se = int(value.strip())
+        except ValueError:
+            return 0, "", self._fail(request, 400, "malformed Session-Expires")
+        min_se = self.config.min_se
+        mse = request.header_int("Min-SE") if "Min-SE" in request.headers else None
+        if se < min_se:
+            return 0, "", build_response(request, 422, to_tag=new_tag(),
+                                         headers=[("Min-SE", str(min_se))])
+        if mse is not None and mse > se:
+            return 0, "", self._fail(request, 400, "Min-SE larger than Session-Expires")
+        m = re.search(r"refresher\s*=\s*(uac|uas)", params, re.I)
+        return se, (m.group(1).lower() if m else "uac"), None
+
+    def _forget_outbound(self, out: _Outbound) -> None:
+        out.finished = True
+        self._outbound.pop(out.event.key, None)
+        self._out_by_tag.pop((out.event.request.call_id, out.tag), None)
+        if out.backend_call_id:
+            self._out_by_call.pop(out.backend_call_id, None)
+
+    async def _send_provisional(self, out: _Outbound, status: int) -> None:
+        request = out.event.request
+        headers = [("Contact", out.contact), ("Allow", ALLOW)]
+        if not out.reliable_1xx:
+            self._respond(out.event.key, build_response(request, status, to_tag=out.tag,
+                                                        headers=headers))
+            return
+        # RFC 3262 §3: reliable provisional, retransmitted until PRACK (T1 doubling)
+        out.rseq += 1
+        out.pracked.clear()
+        headers += [("Require", "100rel"), ("RSeq", str(out.rseq))]
+        response = build_response(request, status, to_tag=out.tag, headers=headers)
+        self._respond(out.event.key, response)
+        self._spawn(self._retransmit_1xx(out, response))
+
+    async def _retransmit_1xx(self, out: _Outbound, response: SipResponse) -> None:
+        interval, waited = self.config.t1, 0.0
+        limit = 64 * self.config.t1
+        while not out.finished and waited < limit:
+            try:
+                await asyncio.wait_for(out.pracked.wait(), interval)
+                return
+            except TimeoutError:
+                waited += interval
+                if out.finished:
+                    return
+                if not out.event.peer.reliable:
+                    self._respond(out.event.key, response)
+                interval = min(interval * 2, self.config.t2)
+        if not out.finished and not out.pracked.is_set():
+            # §3: no PRACK within 64*T1: reject the INVITE with a 5xx and give up the call
+            log.info("no PRACK for call %s; giving up", out.event.request.call_id)
+            await self._backend_cancel(out)
+            self._respond(out.event.key, self._fail(out.event.request, 504,
+                                                    "no PRACK", tag=out.tag))
+            self.metrics.final("out", 504)
+
+    async def _outbound_event(self, out: _Outbound, ev: Event) -> None:
+        if out.finished:
+            return
+        if ev.type == "call.ringing":
+            if not out.rang:
+                out.rang = True
+                await self._send_provisional(out, 180)
+        elif ev.type == "call.answered":
+            await self._answer_outbound(out, ev.sdp)
+        elif ev.type in ("call.rejected", "call.ended", "call.cancelled"):
+            await self._finish_outbound(out, ev.reason)
+
+    async def _finish_outbound(self, out: _Outbound, reason: str) -> None:
+        outcome = to_sip(reason)
+        self._forget_outbound(out)
+        self.metrics.final("out", outcome.status)
+        self._respond(out.event.key, self._fail(
+            out.event.request, outcome.status, tag=out.tag,
+            reason=reason_header(outcome.status, outcome.cause_text)))
+
+    async def _answer_outbound(self, out: _Outbound, sdp: str) -> None:
+        request = out.event.request
+        if out.reliable_1xx and out.rseq and not out.pracked.is_set():
+            try:  # §3: the 2xx waits for the PRACK of the outstanding reliable 1xx
+                await asyncio.wait_for(out.pracked.wait(), 64 * self.config.t1)
+            except TimeoutError:
+                return
+        if out.finished:
+            return
+        headers = [("Contact", out.contact), ("Allow", ALLOW), ("Supported", SUPPORTED)]
+        if out.session_expires:
+            headers += [("Session-Expires", f"{out.session_expires};refresher={out.refresher}"),
+                        ("Require", "timer")]
+        response = build_response(request, 200, to_tag=out.tag, headers=headers,
+                                  body=sdp.encode("utf-8"), content_type="application/sdp")
+        try:
+            dialog = Dialog.from_uas(request, response, out.tag, out.contact)
+        except DialogError as e:
+            await self._backend_hangup(out.backend_call_id, out.endpoint_id)
+            self._forget_outbound(out)
+            self._respond(out.event.key, self._fail(request, 400, str(e), tag=out.tag))
+            return
+        sdp_offer, _ = split_body(request)
+        leg = Leg(leg_id=secrets.token_hex(10), direction="out",
+                  backend_call_id=out.backend_call_id, endpoint_id=out.endpoint_id,
+                  device_id=out.device.device_id, user=out.device.user or "",
+                  dialog=dialog.to_dict(), peer=Leg.peer_dict(out.event.peer),
+                  local_sdp=sdp, remote_sdp=sdp_offer, session_expires=out.session_expires,
+                  refresher=out.refresher, created=time.time(), answered=time.time())
+        await self.legs.save(leg, se_deadline=self._se_deadline(leg))
+        self._forget_outbound(out)
+        self.metrics.final("out", 200)
+        self.metrics.setup.labels("out").observe(self._now() - out.started)
+        self.metrics.active.inc()
+        self._respond(out.event.key, response)
+        self._spawn(self._await_ack(out.event.key, response, leg))
+
+    def _se_deadline(self, leg: Leg) -> float | None:
+        if not leg.session_expires:
+            return None
+        if self._we_refresh(leg):
+            return time.time() + leg.session_expires / 2
+        return time.time() + leg.session_expires
+
+    @staticmethod
+    def _we_refresh(leg: Leg) -> bool:
+        # uac/uas refer to the roles on the dialog-creating INVITE
+        return (leg.refresher == "uas") == (leg.direction == "out")
+
+    async def _await_ack(self, key: TransactionKey, response: SipResponse, leg: Leg | None,
+                         *, peer_reliable: bool | None = None) -> bool:
+        """RFC 3261 §13.3.1.4: retransmit the 2xx (T1 doubling to T2) until the ACK; no
+        ACK within 64*T1 ends the dialog with a BYE."""
+        ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
+        ev = self._acks.setdefault(ack_key, asyncio.Event())
+        reliable = peer_reliable if peer_reliable is not None else (
+            leg is not None and leg.get_peer().reliable)
+        interval, waited, limit = self.config.t1, 0.0, 64 * self.config.t1
+        try:
+            while waited < limit:
+                wait = interval if not reliable else limit - waited
+                try:
+                    await asyncio.wait_for(ev.wait(), wait)
+                    return True
+                except TimeoutError:
+                    waited += wait
+                    if not reliable and waited < limit:
+                        self._respond(key, response)
+                    interval = min(interval * 2, self.config.t2)
+        finally:
+            self._acks.pop(ack_key, None)
+        if leg is not None:
+            log.info("no ACK for call %s: ending it", response.call_id)
+            await self._end_leg(leg, bye_phone=True, hangup_backend=True)
+        return False
+
+    # -- feature codes ------------------------------------------------------------------
+    async def _feature(self, event: RequestReceived, device: Any, target: DialTarget,
+                       sdp: str) -> SipResponse | None:
+        request = event.request
+        feature = target.feature
+        assert feature is not None
+        handler = self.feature_handlers.get(feature)
+        if handler is not None:
+            return await handler(event, device, target)
+        if feature in (Feature.DND_ON, Feature.DND_OFF):
+            if not device.paired or not device.user:
+                return self._fail(request, 403, "sign in to make calls")
+            try:
+                await self.gw.backend.set_dnd(device.user, endpoint_id_for(device.device_id),
+                                              feature is Feature.DND_ON)
+            except BackendError as e:
+                st, _, warning = backend_error_to_sip(e.status, e.code, e.message)
+                return self._fail(request, st, warning)
+            except BackendUnavailable as e:
+                return self._fail(request, 503, f"calling service unavailable: {e}",
+                                  headers=[("Retry-After", "5")])
+            self.metrics.final("feature", 200)
+            await self._answer_locally(event, sdp)
+            return None
+        if feature in (Feature.SIGN_IN, Feature.ENROLL, Feature.SIGN_OUT):
+            return self._fail(request, 480, "sign-in not available")
+        return self._fail(request, 480, "feature not available")
+
+    async def _answer_locally(self, event: RequestReceived, sdp: str) -> None:
+        """Answer a call we terminate ourselves, then hang up after a moment."""
+        request = event.request
+        tag = new_tag()
+        contact = self.our_contact(event.peer.transport)
+        offer = _parse_sdp(sdp) if sdp else None
+        host, _ = self.gw.stack.config.via_hosts.get(event.peer.transport, ("127.0.0.1", 0))
+        body = b""
+        if offer is not None:
+            answer = simple_answer(offer, host, 0 if not offer.media else 40000,
+                                   secrets.randbelow(2**31))
+            body = bytes(answer)
+        response = build_response(request, 200, to_tag=tag,
+                                  headers=[("Contact", contact), ("Allow", ALLOW)],
+                                  body=body, content_type="application/sdp")
+        dialog = Dialog.from_uas(request, response, tag, contact)
+        self._local[dialog.key] = dialog
+        self._respond(event.key, response)
+
+        async def run() -> None:
+            try:
+                acked = await self._await_ack(event.key, response, None,
+                                              peer_reliable=event.peer.reliable)
+                if not acked or dialog.key not in self._local:
+                    return
+                await asyncio.sleep(self.config.feature_bye_delay)
+                if self._local.pop(dialog.key, None) is None:
+                    return  # the phone hung up first
+                bye = dialog.create_request("BYE")
+                await self.gw.request(bye, event.peer)
+            finally:
+                self._local.pop(dialog.key, None)
+        self._spawn(run())
+
+    # -- ACK ------------------------------------------------------------------------------
+    async def _handle_ack_request(self, event: RequestReceived) -> None:
+        request = event.request
+        try:
+            key = (request.call_id, request.to.tag or "", request.cseq.number)
+        except SipParseError:
+            return None
+        ev = self._acks.get(key)
+        if ev is not None:
+            ev.set()
+        return None
+
+    def _on_stray(self, event: StrayResponse) -> None:
+        """A 2xx retransmission after our INVITE transaction ended: ACK it again (§13.2.2.4)."""
+        self._spawn(self._reack(event.response, event.peer))
+        if self._prev_stray is not None:
+            self._prev_stray(event)
+
+    async def _reack(self, response: SipResponse, peer: Peer) -> None:
+        try:
+            if response.status < 200 or response.status >= 300 or \
+                    response.cseq.method != "INVITE":
+                return
+            leg = await self.legs.by_dialog(response.call_id, response.from_.tag or "",
+                                            response.to.tag or "")
+        except SipParseError:
+            return
+        if leg is None:
+            return
+        dialog = leg.get_dialog()
+        ack = dialog.create_request("ACK", cseq=response.cseq.number)
+        self.gw.driver.send_ack_2xx(ack, leg.get_peer())
+
+    # -- CANCEL ---------------------------------------------------------------------------
+    async def _handle_cancel_request(self, event: RequestReceived) -> SipResponse:
+        request = event.request
+        out = self._outbound.get(event.cancels) if event.cancels else None
+        if out is not None and not out.finished:
+            out.finished = True
+            self._forget_outbound(out)
+            self.metrics.final("out", 487)
+            self._respond(out.event.key, self._fail(
+                out.event.request, 487, tag=out.tag,
+                reason=reason_header(487, "Caller cancelled")))
+            if out.backend_call_id:
+                self._spawn(self._backend_cancel(out))
+        elif event.cancels is not None:
+            self._respond(event.cancels, self._fail(request, 487))
+        return build_response(request, 200)
+
+    async def _backend_cancel(self, out: _Outbound) -> None:
+        if not out.backend_call_id:
+            return
+        try:
+            await self.gw.backend.cancel(out.backend_call_id, out.endpoint_id)
+        except (BackendError, BackendUnavailable) as e:
+            log.info("backend cancel of %s: %s", out.backend_call_id, e)
+
+    async def _backend_hangup(self, call_id: str, endpoint_id: str) -> None:
+        try:
+            await self.gw.backend.hangup(call_id, endpoint_id)
+        except (BackendError, BackendUnavailable) as e:
+            log.info("backend hangup of %s: %s", call_id, e)
+
+    # -- in-dialog requests ----------------------------------------------------------------
+    async def _dialog_leg(self, request: SipRequest) -> Leg | None:
+        return await self.legs.by_dialog(request.call_id, request.to.tag or "",
+                                         request.from_.tag or "")
+
+    async def _handle_bye_request(self, event: RequestReceived) -> SipResponse:
+        request = event.request
+        try:
+            dkey = (request.call_id, request.to.tag or "", request.from_.tag or "")
+        except SipParseError as e:
+            return self._fail(request, 400, e.reason)
+        if self._local.pop(dkey, None) is not None:
+            return build_response(request, 200)
+        leg = await self._dialog_leg(request)
+        if leg is None:
+            return build_response(request, 481)
+        await self._end_leg(leg, bye_phone=False, hangup_backend=True)
+        return build_response(request, 200)
+
+    async def _end_leg(self, leg: Leg, *, bye_phone: bool, hangup_backend: bool,
+                       reason: str | None = None) -> None:
+        """Every way an established call ends goes through here (STYLE §15)."""
+        if not await self.legs.delete(leg):
+            return  # someone else ended it already
+        self.metrics.active.dec()
+        if hangup_backend:
+            self._spawn(self._backend_hangup(leg.backend_call_id, leg.endpoint_id))
+        if bye_phone:
+            dialog = leg.get_dialog()
+            headers = [("Reason", reason)] if reason else None
+            bye = dialog.create_request("BYE", headers=headers)
+            resp = await self.gw.request(bye, leg.get_peer())
+            if resp.status >= 300:
+                log.info("BYE for %s answered %s", dialog.call_id, resp.status)
+
+    async def _reinvite(self, event: RequestReceived) -> SipResponse | None:
+        request = event.request
+        leg = await self._dialog_leg(request)
+        if leg is None:
+            early = self._out_by_tag.get((request.call_id, request.to.tag or ""))
+            if early is not None:
+                return self._fail(request, 491, "call not answered yet")
+            return build_response(request, 481)
+        response = await self._target_refresh(request, leg, event.peer)
+        if response.status == 200:
+            self._respond(event.key, response)
+            self._spawn(self._await_ack(event.key, response, None,
+                                        peer_reliable=event.peer.reliable))
+            return None
+        return response
+
+    async def _handle_update_request(self, event: RequestReceived) -> SipResponse:
+        request = event.request
+        leg = await self._dialog_leg(request)
+        if leg is None:
+            out = self._out_by_tag.get((request.call_id, request.to.tag or ""))
+            if out is not None:  # RFC 3311 §5.2 UPDATE in an early dialog: refresh only
+                return build_response(request, 200, headers=[("Contact", out.contact)])
+            return build_response(request, 481)
+        return await self._target_refresh(request, leg, event.peer)
+
+    async def _target_refresh(self, request: SipRequest, leg: Leg, peer: Peer
+                              ) -> SipResponse:
+        """re-INVITE or UPDATE (RFC 3261 §14.2, RFC 3311 §5.2): hold/resume and session
+        refresh. The backend has no re-offer API, so the answer is our last SDP with the
+        direction mirrored (RFC 3264 §8.4)."""
+        dialog = leg.get_dialog()
+        try:
+            dialog.receive_request(request)
+        except DialogError as e:
+            return self._fail(request, e.status if hasattr(e, "status") else 500, str(e))
+        sdp_text, _ = split_body(request)
+        body = leg.local_sdp.encode("utf-8")
+        if sdp_text:
+            offer = _parse_sdp(sdp_text)
+            previous = _parse_sdp(leg.local_sdp)
+            if offer is None:
+                return self._fail(request, 488, "malformed SDP offer")
+            if previous is not None:
+                answer = mirror_answer(previous, offer)
+                leg.local_sdp = str(answer)
+                body = bytes(answer)
+            leg.remote_sdp = sdp_text
+        leg.set_dialog(dialog)
+        leg.peer = Leg.peer_dict(peer) if peer.flow or not leg.get_peer().flow else leg.peer
+        headers = [("Contact", dialog.local_contact), ("Allow", ALLOW),
+                   ("Supported", SUPPORTED)]
+        if leg.session_expires:
+            se, refresher, error = self._session_timer(request)
+            if error is not None:
+                return error
+            if se:
+                leg.session_expires = se
+                leg.refresher = _role_refresher(refresher, leg)
+            headers += [("Session-Expires",
+                         f"{leg.session_expires};refresher={_refresher_for(leg, request)}"),
+                        ("Require", "timer")]
+        await self.legs.save(leg, se_deadline=self._se_deadline(leg))
+        return build_response(request, 200, headers=headers, body=body,
+                              content_type="application/sdp" if body else None)
+
+    async def _handle_prack_request(self, event: RequestReceived) -> SipResponse:
+        request = event.request
+        out = self._out_by_tag.get((request.call_id, request.to.tag or ""))
+        if out is None:
+            return build_response(request, 481)
+        rack = (request.headers.get("RAck") or "").split()
+        if len(rack) != 3 or not rack[0].isdigit() or int(rack[0]) != out.rseq:
+            return self._fail(request, 481, "RAck matches no reliable provisional")
+        out.pracked.set()
+        return build_response(request, 200)
+
+    async def _handle_info_request(self, event: RequestReceived) -> SipResponse:
+        request = event.request
+        leg = await self._dialog_leg(request)
+        if leg is None:
+            return build_response(request, 481)
+        ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype == "application/dtmf-relay":
+            m = _SIGNAL_RE.search(request.body.decode("utf-8", "replace"))
+            if m:
+                try:
+                    await self.gw.backend.dtmf(leg.backend_call_id, leg.endpoint_id,
+                                               m.group(1).upper())
+                except (BackendError, BackendUnavailable) as e:
+                    log.info("DTMF relay for %s failed: %s", leg.backend_call_id, e)
+        return build_response(request, 200)
+
+    # -- session timers ---------------------------------------------------------------------
+    async def _session_timer_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval)
+            try:
+                for leg_id in await self.legs.session_expired(time.time()):
+                    leg = await self.legs.get(leg_id)
+                    if leg is None:
+                        await self.legs.drop_session_timer(leg_id)
+                        continue
+                    if self._we_refresh(leg):
+                        self._spawn(self._refresh_session(leg))
+                        await self.legs.drop_session_timer(leg_id)
+                    else:
+                        log.info("session timer expired for %s", leg.dialog.get("call_id"))
+                        self._spawn(self._end_leg(
+                            leg, bye_phone=True, hangup_backend=True,
+                            reason=reason_header(408, "Session timer expired")))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the next sweep must run
+                log.exception("session timer sweep failed")
+
+    async def _refresh_session(self, leg: Leg) -> None:
+        """We are the refresher (RFC 4028 §10): a re-INVITE with our last SDP."""
+        dialog = leg.get_dialog()
+        refresher = "uac"
+        invite = dialog.create_request(
+            "INVITE", headers=[("Session-Expires", f"{leg.session_expires};refresher={refresher}"),
+                               ("Supported", SUPPORTED), ("Allow", ALLOW)],
+            body=leg.local_sdp.encode("utf-8"), content_type="application/sdp")
+        leg.set_dialog(dialog)
+        await self.legs.save(leg)
+        peer = leg.get_peer()
+        resp = await self.gw.request(invite, peer)
+        if 200 <= resp.status < 300:
+            dialog.receive_response("INVITE", resp)
+            self.gw.driver.send_ack_2xx(build_ack_for_2xx(invite, resp, dialog), peer)
+            fresh = await self.legs.get(leg.leg_id)
+            if fresh is not None:
+                fresh.set_dialog(dialog)
+                await self.legs.save(fresh, se_deadline=self._se_deadline(fresh))
+        elif resp.status in (408, 481):
+            await self._end_leg(leg, bye_phone=resp.status == 408, hangup_backend=True)
+        else:
+            fresh = await self.legs.get(leg.leg_id)
+            if fresh is not None:
+                await self.legs.save(fresh, se_deadline=self._se_deadline(fresh))
+
+    # -- backend events -------------------------------------------------------------------
+    async def _consume_events(self) -> None:
+        assert self._stream is not None
+        async for ev in self._stream:
+            if ev.id:
+                self._spawn(self.legs.set_last_event(self.event_node, ev.id))
+            key = ev.call_id or ev.endpoint_id
+            self._spawn(self._dispatch_locked(key, ev))
+
+    async def _dispatch_locked(self, key: str, ev: Event) -> None:
+        async with self._lock(key):
+            try:
+                await self._dispatch(ev)
+            except Exception:  # noqa: BLE001 - one bad event must not stop the stream
+                log.exception("handling backend event %s for %s failed", ev.type, ev.call_id)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            self._locks.pop(key, None)
+
+    async def _dispatch(self, ev: Event) -> None:
+        if not ev.call_id:
+            return
+        if ev.type == "call.incoming":
+            if device_id_for(ev.endpoint_id) is not None:
+                await self._incoming(ev)
+            return
+        out = self._out_by_call.get(ev.call_id)
+        if out is not None and ev.endpoint_id == out.endpoint_id:
+            await self._outbound_event(out, ev)
+            return
+        if ev.type in ("call.ringing", "call.answered", "call.rejected") and \
+                self._creating and device_id_for(ev.endpoint_id) is not None:
+            # the event beat create_call's answer: keep it for the INVITE being set up
+            stash = self._early_events.setdefault(ev.call_id, [])
+            if len(stash) < 16:
+                stash.append(ev)
+            asyncio.get_running_loop().call_later(
+                30, self._early_events.pop, ev.call_id, None)
+            return
+        if ev.type == "call.cancelled":
+            inbound = self._inbound.get((ev.call_id, ev.endpoint_id))
+            if inbound is not None:
+                await self._cancel_inbound(inbound, ev.reason)
+            return
+        if ev.type == "call.ended":
+            for leg in await self.legs.by_call(ev.call_id):
+                if leg.endpoint_id == ev.endpoint_id:
+                    await self._end_leg(leg, bye_phone=True, hangup_backend=False)
+
+    # -- inbound: backend -> phones ------------------------------------------------------
+    async def _incoming(self, ev: Event) -> None:
+        key = (ev.call_id, ev.endpoint_id)
+        if key in self._inbound:
+            return
+        device_id = device_id_for(ev.endpoint_id)
+        device = await self.gw.devices.get(device_id) if device_id else None
+        if device is None:
+            return
+        bindings = [b for b in await self.gw.registrar.lookup(device.aor)
+                    if b.node_id == self.gw.node_id]
+        if not bindings:
+            return  # another node owns this phone's flows
+        inbound = _Inbound(call_id=ev.call_id, endpoint_id=ev.endpoint_id, device=device,
+                           started=self._now())
+        self._inbound[key] = inbound
+        caller = ev.caller or "anonymous"
+        caller_uri = f"sip:{caller}" if "@" in caller else f"sip:{caller}@{self.domain}"
+        display = caller.replace('"', "'").replace("\\", "")
+        call_id = secrets.token_hex(16)
+        from_tag = new_tag()
+        for cseq, b in enumerate(bindings, 1):
+            headers = [
+                ("Max-Forwards", "70"),
+                ("From", f'"{display}" <{caller_uri}>;tag={from_tag}'),
+                ("To", f"<{device.aor}>"),
+                ("Call-ID", f"{call_id}-{cseq}"),
+                ("CSeq", "1 INVITE"),
+            ]
+            headers += [("Route", r) for r in b.path]
+            headers += [("Contact", self.our_contact(b.source.transport)),
+                        ("Allow", ALLOW), ("Supported", "replaces")]
+            from gateway.sip.headers import Headers
+            from gateway.sip.uri import Uri
+            try:
+                uri = Uri.parse(b.uri)
+            except SipParseError:
+                continue
+            invite = SipRequest(method="INVITE", uri=uri, headers=Headers(headers),
+                                body=ev.sdp.encode("utf-8"))
+            if ev.sdp:
+                invite.headers.add("Content-Type", "application/sdp")
+            branch = _Branch(request=invite, peer=b.source)
+            inbound.branches.append(branch)
+        if not inbound.branches:
+            self._inbound.pop(key, None)
+            return
+        for branch in inbound.branches:
+            self._spawn(self._ring_branch(inbound, branch))
+
+    async def _ring_branch(self, inbound: _Inbound, branch: _Branch) -> None:
+        def provisional(resp: SipResponse) -> None:
+            branch.provisional.set()
+            if resp.status in (180, 183) and not inbound.rang and not inbound.answered:
+                inbound.rang = True
+                self._spawn(self._backend_ringing(inbound))
+
+        def extra_2xx(resp: SipResponse) -> None:
+            self._spawn(self._ack_and_bye(branch, resp))
+
+        resp = await self.gw.request(branch.request, branch.peer,
+                                     on_provisional=provisional, on_extra_2xx=extra_2xx)
+        branch.final = resp.status
+        if 200 <= resp.status < 300:
+            if inbound.answered or inbound.cancel_reason is not None:
+                await self._ack_and_bye(branch, resp)
+                return
+            inbound.answered = True
+            await self._connect_inbound(inbound, branch, resp)
+            return
+        if all(b.final for b in inbound.branches) and not inbound.answered:
+            self._inbound.pop((inbound.call_id, inbound.endpoint_id), None)
+            self.metrics.final("in", resp.status)
+            if inbound.cancel_reason is None and resp.status in (403, 486, 600, 603):
+                try:
+                    await self.gw.backend.reject(inbound.call_id, inbound.endpoint_id,
+                                                 from_sip(resp.status))
+                except (BackendError, BackendUnavailable) as e:
+                    log.info("backend reject of %s: %s", inbound.call_id, e)
+
+    async def _backend_ringing(self, inbound: _Inbound) -> None:
+        try:
+            await self.gw.backend.ringing(inbound.call_id, inbound.endpoint_id)
+        except (BackendError, BackendUnavailable) as e:
+            log.info("backend ringing of %s: %s", inbound.call_id, e)
+
+    async def _ack_and_bye(self, branch: _Branch, resp: SipResponse) -> Dialog | None:
+        try:
+            dialog = Dialog.from_uac(branch.request, resp)
+        except (DialogError, SipParseError):
+            return None
+        dialog.receive_response("INVITE", resp)
+        self.gw.driver.send_ack_2xx(build_ack_for_2xx(branch.request, resp, dialog),
+                                    branch.peer)
+        bye = dialog.create_request(
+            "BYE", headers=[("Reason", COMPLETED_ELSEWHERE)])
+        await self.gw.request(bye, branch.peer)
+        return dialog
+
+    async def _connect_inbound(self, inbound: _Inbound, branch: _Branch,
+                               resp: SipResponse) -> None:
+        try:
+            dialog = Dialog.from_uac(branch.request, resp)
+        except (DialogError, SipParseError) as e:
+            log.info("unusable 2xx from %s: %s", branch.peer, e)
+            return
+        dialog.receive_response("INVITE", resp)
+        self.gw.driver.send_ack_2xx(build_ack_for_2xx(branch.request, resp, dialog),
+                                    branch.peer)
+        for other in inbound.branches:
+            if other is not branch and not other.final:
+                self._spawn(self._cancel_branch(other, COMPLETED_ELSEWHERE))
+        self._inbound.pop((inbound.call_id, inbound.endpoint_id), None)
+        sdp = resp.body.decode("utf-8", "replace")
+        se, refresher = _response_session_timer(resp)
+        leg = Leg(leg_id=secrets.token_hex(10), direction="in",
+                  backend_call_id=inbound.call_id, endpoint_id=inbound.endpoint_id,
+                  device_id=inbound.device.device_id, user=inbound.device.user or "",
+                  dialog=dialog.to_dict(), peer=Leg.peer_dict(branch.peer),
+                  local_sdp=branch.request.body.decode("utf-8", "replace"), remote_sdp=sdp,
+                  session_expires=se, refresher=refresher, created=time.time(),
+                  answered=time.time())
+        await self.legs.save(leg, se_deadline=self._se_deadline(leg))
+        self.metrics.active.inc()
+        try:
+            await self.gw.backend.answer(inbound.call_id, inbound.endpoint_id, sdp)
+        except (BackendError, BackendUnavailable) as e:
+            # answered elsewhere first, or the caller gave up: this phone's call ends
+            log.info("backend answer of %s refused: %s", inbound.call_id, e)
+            self.metrics.final("in", 487)
+            await self._end_leg(leg, bye_phone=True, hangup_backend=False,
+                                reason=COMPLETED_ELSEWHERE)
+            return
+        self.metrics.final("in", 200)
+        self.metrics.setup.labels("in").observe(self._now() - inbound.started)
+
+    async def _cancel_inbound(self, inbound: _Inbound, reason: str) -> None:
+        inbound.cancel_reason = reason or "cancelled"
+        header = COMPLETED_ELSEWHERE if reason == "answered_elsewhere" else None
+        for branch in inbound.branches:
+            if not branch.final:
+                self._spawn(self._cancel_branch(branch, header))
+
+    async def _cancel_branch(self, branch: _Branch, reason: str | None) -> None:
+        if branch.cancelled:
+            return
+        branch.cancelled = True
+        # RFC 3261 §9.1: no CANCEL before a provisional response arrived
+        try:
+            await asyncio.wait_for(branch.provisional.wait(), 64 * self.config.t1)
+        except TimeoutError:
+            return
+        if branch.final:
+            return
+        cancel = build_cancel(branch.request)
+        if reason:
+            cancel.headers.add("Reason", reason)
+        await self.gw.request(cancel, branch.peer)
+
+
+def _response_session_timer(resp: SipResponse) -> tuple[int, str]:
+    raw = resp.headers.get("Session-Expires")
+    if not raw:
+        return 0, ""
+    value, _, params = raw.partition(";")
+    try:
+        se = int(value.strip())
+    except ValueError:
+        return 0, ""
+    m = re.search(r"refresher\s*=\s*(uac|uas)", params, re.I)
+    return se, (m.group(1).lower() if m else "uas")
+
+
+def _role_refresher(refresher: str, leg: Leg) -> str:
+    """Session refresh requests may come from either side; the refresher named in them is
+    relative to that request, so convert it to the roles of the initial INVITE."""
+    # The phone sent this refresh: uac == the phone.
+    phone_is_initial_uac = leg.direction == "out"
+    if refresher == "uac":
+        return "uac" if phone_is_initial_uac else "uas"
+    return "uas" if phone_is_initial_uac else "uac"
+
+
+def _refresher_for(leg: Leg, request: SipRequest) -> str:
+    """The refresher parameter for our answer to a refresh request from the phone."""
+    phone_is_initial_uac = leg.direction == "out"
+    phone_refreshes = (leg.refresher == "uac") == phone_is_initial_uac
+    return "uac" if phone_refreshes else "uas"
+
+
+async def attach_b2bua(gateway: Any, config: B2buaConfig | None = None) -> B2BUA:
+    """Register the B2BUA on a started ``Gateway`` and start its backend subscription."""
+    b2bua = B2BUA(gateway, config)
+    await b2bua.start()
+    return b2bua
