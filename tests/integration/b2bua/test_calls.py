@@ -24,6 +24,7 @@ from gateway.registrar.devices import DeviceStore
 from gateway.sip.message import SipRequest
 from gateway.sip.sdp import Direction, SessionDescription
 from gateway.state.redis import connect
+
 from .phone import SDP, Phone
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,8 @@ class Env:
         """A registered device, paired with ``user`` (oid) unless None."""
         self.n += 1
         mac = f"00156511{self.n:04x}"
-        dev, creds = await self.devices.add(mac, "Yealink", model, TENANT)
+        vendor = "Poly" if model.startswith("VVX") else "Yealink"
+        dev, creds = await self.devices.add(mac, vendor, model, TENANT)
         if user:
             await self.devices.set_paired(dev.device_id, user)
         p = await Phone(creds.username, creds.password, REALM, self.sip).open()
@@ -175,7 +177,7 @@ async def test_teams_client_calls_device_then_hangs_up(tmp_path: Path, redis_url
         await env.wait_call_state(call.call_id, "connected")
         await env.gw.backend.sim_hangup(sim.endpoint_id, call.call_id)
         bye = await a.expect_request("BYE")
-        assert bye.to.tag == invite.from_.tag  # our From tag is now the To tag
+        assert bye.from_.tag == invite.from_.tag and bye.to.tag == "calleetag"
         a.respond(bye, 200)
 
 
@@ -343,7 +345,7 @@ async def test_reliable_ringing_needs_prack(tmp_path: Path, redis_url: str) -> N
         b.respond(invite, 200, tag="b", body=SDP)
         call.to = r1.headers.get("To") or call.to
         call.remote_target = str(r1.contacts[0].uri)
-        call.in_dialog("PRACK", headers=[("RAck", f"1 1 INVITE")])
+        call.in_dialog("PRACK", headers=[("RAck", "1 1 INVITE")])
         assert (await a.expect_response(call.call_id, "PRACK")).status == 200
         final = await call.final()
         assert final.status == 200
@@ -386,3 +388,30 @@ async def test_untrusted_source_is_challenged(tmp_path: Path, redis_url: str) ->
         call.cseq += 1
         call.send_invite(headers=[("Proxy-Authorization", auth)])
         assert (await call.final()).status == 200
+
+
+PIDF = ('<?xml version="1.0"?><presence xmlns="urn:ietf:params:xml:ns:pidf" '
+        'entity="pres:phone@example.com"><tuple id="t1"><status><geopriv>'
+        '<location-info><civicAddress>Main St 1</civicAddress></location-info>'
+        '</geopriv></status></tuple></presence>')
+
+
+@in_task
+async def test_emergency_call_passes_pidf_lo(tmp_path: Path, redis_url: str) -> None:
+    async with environment(tmp_path, redis_url) as env:
+        e = await env.phone(None, model="VVX150")  # e911-capable catalog row
+        body = ("--bnd\r\nContent-Type: application/sdp\r\n\r\n" + SDP +
+                "\r\n--bnd\r\nContent-Type: application/pidf+xml\r\nContent-ID: <loc@phone>\r\n"
+                "\r\n" + PIDF + "\r\n--bnd--\r\n")
+        call = e.invite("911", body=body, ctype="multipart/mixed;boundary=bnd",
+                        headers=[("Geolocation", "<cid:loc@phone>"),
+                                 ("Geolocation-Routing", "yes")])
+        ok = await call.final()
+        assert ok.status == 200
+        leg_calls = [k async for k in env.redis.scan_iter(match="b2b:leg:*")]
+        assert len(leg_calls) == 1
+        from gateway.b2bua.legs import Leg
+        leg = Leg.from_json(await env.redis.get(leg_calls[0]))
+        record = await env.gw.backend.get_call(leg.backend_call_id)
+        assert record.target is not None and record.target.kind == "emergency"
+        assert "civicAddress" in record.location
