@@ -13,9 +13,9 @@ import asyncio
 import logging
 import os
 import socket
-from pathlib import Path
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry

@@ -9,6 +9,7 @@ from support import REPO, SHARED_TESTDATA, require_tool, testdata_dir  # noqa: F
 
 from gateway.state.valkey import EmbeddedValkey
 
+
 @pytest.fixture(scope="session")
 def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedValkey]:
     server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), tcp_port=0)
