@@ -16,6 +16,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from gateway.app import Gateway
+from gateway.b2bua.legs import Leg
 from gateway.backend.directory import default_directory_path, load_directory
 from gateway.backend.reference.engine import EngineConfig
 from gateway.backend.reference.server import start_reference_backend
@@ -410,8 +411,42 @@ async def test_emergency_call_passes_pidf_lo(tmp_path: Path, redis_url: str) -> 
         assert ok.status == 200
         leg_calls = [k async for k in env.redis.scan_iter(match="b2b:leg:*")]
         assert len(leg_calls) == 1
-        from gateway.b2bua.legs import Leg
         leg = Leg.from_json(await env.redis.get(leg_calls[0]))
         record = await env.gw.backend.get_call(leg.backend_call_id)
         assert record.target is not None and record.target.kind == "emergency"
         assert "civicAddress" in record.location
+
+
+async def _restart(env: Env) -> None:
+    """Stop this node (all in-memory call state is lost) and start a fresh one on the
+    same address, state store and backend."""
+    cfg = env.gw.config
+    cfg.sip.udp_port = env.sip[1]
+    await env.gw.stop()
+    gw = Gateway(cfg, env.gw.reactor)
+    await gw.start()
+    env.gw = gw
+    env.devices = gw.devices
+
+
+@in_task
+async def test_calls_survive_a_node_restart(tmp_path: Path, redis_url: str) -> None:
+    async with environment(tmp_path, redis_url) as env:
+        a = await env.phone(ALICE.oid)
+        first = a.invite("+12065550123")
+        assert (await first.final()).status == 200
+        second = a.invite("+12065550124")
+        assert (await second.final()).status == 200
+        legs = [Leg.from_json(await env.redis.get(k))
+                async for k in env.redis.scan_iter(match="b2b:leg:*")]
+        by_sip = {leg.dialog["call_id"]: leg.backend_call_id for leg in legs}
+        await _restart(env)
+        # the phone hangs up call 1 after the restart: the backend call ends
+        first.in_dialog("BYE")
+        assert (await a.expect_response(first.call_id, "BYE")).status == 200
+        await env.wait_call_state(by_sip[first.call_id], "ended")
+        # the far end hangs up call 2: the phone gets a BYE in its dialog
+        await env.gw.backend.sim_far_end_hangup(by_sip[second.call_id])
+        bye = await a.expect_request("BYE")
+        assert bye.call_id == second.call_id
+        a.respond(bye, 200)
