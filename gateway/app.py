@@ -187,8 +187,11 @@ class Gateway:
                 token = load_or_create_key(self.config.data_path / "secrets" /
                                            "backend.token").hex()
             directory = load_directory(b.directory or default_directory_path())
+            from gateway.backend.reference.engine import EngineConfig
+
             port, stop = await start_reference_backend(
-                self.redis, directory, b.host, b.port, token, self.reactor)
+                self.redis, directory, b.host, b.port, token, self.reactor,
+                EngineConfig(ring_timeout=b.ring_timeout))
             self._stoppers.append(stop)
             host = f"[{b.host}]" if ":" in b.host else b.host
             url = f"http://{host}:{port}"

@@ -74,6 +74,7 @@ class BackendConfig:
     host: str = "127.0.0.1"  # embedded reference backend listener
     port: int = 8280
     directory: str = ""  # TOML directory for the reference backend; empty: bundled sample
+    ring_timeout: float = 30.0  # reference backend: unanswered calls end as no_answer
 
 
 @dataclass
