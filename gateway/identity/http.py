@@ -22,7 +22,7 @@ class PinnedSession(requests.Session):
         self.verify = str(ca_file) if ca_file else True
         self.timeout = timeout
 
-    def request(self, method: str | bytes, url: str | bytes,  # type: ignore[override]
+    def request(self, method: str, url: str,  # type: ignore[override]
                 *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("verify", self.verify)
         kwargs.setdefault("timeout", self.timeout)

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import re
 import secrets
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,8 @@ def make_directory(tmp: Path) -> tuple[Directory, dict[str, str]]:
 async def sign_in_on_page(base_url: str, ca_file: Path, code: str, username: str,
                           password: str, action: str = "approve") -> httpx.Response:
     """Act as the user at the verification page (RFC 8628 §3.3) with a real HTTPS client."""
-    async with httpx.AsyncClient(verify=str(ca_file), timeout=10) as client:
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(ca_file)),
+                                 timeout=10) as client:
         page = await client.get(f"{base_url}/devicelogin")
         assert page.status_code == 200 and re.search(r'name="code"', page.text)
         return await client.post(f"{base_url}/devicelogin", data={
@@ -131,3 +133,18 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout: float = 20
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout:.1f}s")
         await asyncio.sleep(step)
+
+
+class RecordingBinder:
+    """A ``DeviceBinder`` that keeps the bindings in a dict (the registrar's store comes later)."""
+
+    def __init__(self) -> None:
+        self.bound: dict[str, Any] = {}
+        self.unbound: list[str] = []
+
+    async def bind(self, device_id: str, user: Any) -> None:
+        self.bound[device_id] = user
+
+    async def unbind(self, device_id: str) -> None:
+        self.bound.pop(device_id, None)
+        self.unbound.append(device_id)
