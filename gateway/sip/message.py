@@ -371,6 +371,37 @@ def _slow_name(name: str, colon: str, bad: list[str]) -> str:
     return cname
 
 
+# line -> (canonical name, value) for header lines already split once; bounded, and
+# only short lines are kept, so a flood of distinct lines costs at most a refill.
+_LINE_CACHE: dict[str, tuple[str, str]] = {}
+_LINE_CACHE_MAX = 8192
+_LINE_CACHE_MAX_LEN = 256
+# Values already proven valid, per check: validation is a pure function of the string,
+# and From/To/Contact/Call-ID of one device repeat on every REGISTER and refresh.
+_VALID_ADDR: set[str] = set()
+_VALID_CONTACT: set[str] = set()  # whole Contact lines (may hold several addresses)
+_VALID_CALL_ID: set[str] = set()
+_VALID_MAX = 8192
+
+
+def _remember(valid: set[str], value: str) -> None:
+    if len(valid) >= _VALID_MAX:
+        valid.clear()
+    valid.add(value)
+
+
+def _slow_line(line: str, bad: list[str]) -> tuple[str, str]:
+    """Split one header line outside the line cache; ('', '') (and a reason) if bad."""
+    n, c, v = line.partition(":")
+    cname = (_NAME_CACHE.get(n) if c else None) or _slow_name(n, c, bad)
+    item = (cname, v.strip(" \t"))
+    if cname and len(line) <= _LINE_CACHE_MAX_LEN:
+        if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
+            _LINE_CACHE.clear()
+        _LINE_CACHE[line] = item
+    return item
+
+
 def _fields(data: bytes) -> tuple[str, list[tuple[str, str]], str | None, bytes]:
     """Split a message into start line, (canonical name, value) fields, first problem, body."""
     # RFC 3261 §7.5: ignore CRLFs before the start-line
@@ -394,9 +425,11 @@ def _fields(data: bytes) -> tuple[str, list[tuple[str, str]], str | None, bytes]
     if len(lines) > MAX_HEADERS:
         raise ParseFailure(f"too many header fields ({len(lines) - 1})",
                            is_request=not lines[0][:4].upper().startswith("SIP/"))
-    cache_get = _NAME_CACHE.get
-    items = [((cache_get(n) if c else None) or _slow_name(n, c, bad), v.strip(" \t"))
-             for n, c, v in [line.partition(":") for line in lines[1:]]]
+    # Most lines repeat verbatim from message to message (a phone's From, To,
+    # Contact, User-Agent, Allow …): one dict lookup replaces split, strip and
+    # name lookup for them. Only well-formed lines are cached.
+    line_get = _LINE_CACHE.get
+    items = [line_get(line) or _slow_line(line, bad) for line in lines[1:]]
     if bad:
         items = [it for it in items if it[0]]
     if "\x00" in head:
@@ -525,19 +558,20 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
             raise SipParseError(f"CSeq method {cseq_method} does not match "
                                 f"the Request-Line method {msg.method}")
         call_id = single["Call-ID"]
-        if not _CALL_ID_RE.fullmatch(call_id):
-            raise SipParseError(f"bad Call-ID {call_id[:40]!r}")
+        if call_id not in _VALID_CALL_ID:
+            if not _CALL_ID_RE.fullmatch(call_id):
+                raise SipParseError(f"bad Call-ID {call_id[:40]!r}")
+            _remember(_VALID_CALL_ID, call_id)
         for name in ("From", "To"):
             value = single[name]
+            if value in _VALID_ADDR:
+                continue
             if NAME_ADDR_FAST_RE.fullmatch(value) is None:
                 try:
-                    addr = NameAddr.parse(value)
+                    NameAddr.parse(value)
                 except SipParseError as e:
                     raise SipParseError(f"bad {name} header: {e.reason}") from None
-                if name == "From":
-                    msg._from = addr
-                else:
-                    msg._to = addr
+            _remember(_VALID_ADDR, value)
         for value in vias:
             if VIA_FAST_RE.fullmatch(value) is None:
                 try:
@@ -572,16 +606,18 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
 
 def _check_contacts(values: list[str]) -> None:
     for value in values:
-        if NAME_ADDR_FAST_RE.fullmatch(value) is not None:
+        if value in _VALID_CONTACT:
             continue
-        try:
-            parts = split_comma(value, strict=True)
-            for part in parts:
-                if part == "*":
-                    raise SipParseError("'*' mixed with addresses")
-                NameAddr.parse(part)
-        except SipParseError as e:
-            raise SipParseError(f"bad Contact header: {e.reason}") from None
+        if NAME_ADDR_FAST_RE.fullmatch(value) is None:
+            try:
+                parts = split_comma(value, strict=True)
+                for part in parts:
+                    if part == "*":
+                        raise SipParseError("'*' mixed with addresses")
+                    NameAddr.parse(part)
+            except SipParseError as e:
+                raise SipParseError(f"bad Contact header: {e.reason}") from None
+        _remember(_VALID_CONTACT, value)
 
 
 class StreamParser:

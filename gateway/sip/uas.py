@@ -20,7 +20,8 @@ SUPPORTED_EXTENSIONS = ("path", "outbound", "replaces", "timer", "100rel", "gruu
 ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "PRACK",
                    "UPDATE", "INFO", "REFER", "NOTIFY", "SUBSCRIBE", "MESSAGE")
 ACCEPTED_BODIES = ("application/sdp", "application/pidf+xml", "multipart/mixed",
-                   "application/dtmf-relay", "message/sipfrag", "application/simple-message-summary")
+                   "application/dtmf-relay", "message/sipfrag",
+                   "application/simple-message-summary")
 
 
 def precheck(request: SipRequest, *, tag: str,
