@@ -243,12 +243,19 @@ _URI_FAST = (r"sips?:(?:[A-Za-z0-9\-_.!~*'()&=+$,/]+(?::[A-Za-z0-9\-_.!~*'()&=+$
              + _HOST_FAST + _PORT_FAST + _UPARAM_FAST)
 _HPARAM_FAST = (r"(?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=(?:[A-Za-z0-9\-.!%*_+`'~:]+"
                 r"|\"[^\"\\\x00-\x1f\x7f]*\"))?)*")
-VIA_FAST_RE = re.compile(r"SIP/2\.0/[A-Za-z]+ " + _HOST_FAST + _PORT_FAST + _HPARAM_FAST)
+# A Via's fast shape also refuses a value-less branch (§20.42: branch = "branch" EQUAL token).
+_VIA_HPARAM_FAST = _HPARAM_FAST.replace(
+    r"(?:;", r"(?:;(?![Bb][Rr][Aa][Nn][Cc][Hh](?![A-Za-z0-9\-.!%*_+`'~=]))", 1)
+VIA_FAST_RE = re.compile(r"SIP/2\.0/[A-Za-z]+ " + _HOST_FAST + _PORT_FAST + _VIA_HPARAM_FAST)
 NAME_ADDR_FAST_RE = re.compile(
     r"(?:\"[^\"\\\x00-\x1f\x7f]*\" ?|(?:[A-Za-z0-9\-.!%*_+`'~]+ )*)?<" + _URI_FAST + ">"
     + _HPARAM_FAST
     + r"|" + _URI_FAST.replace(_UPARAM_FAST, "") + _HPARAM_FAST)
 CSEQ_RE = re.compile(r"(\d+)[ \t]+([A-Za-z0-9\-.!%*_+`'~]+)")
+# VIA_FAST_RE with the parts captured (transport, host, ":port", params), so a Via in
+# the common shape is built from one match instead of three parsers.
+VIA_PARTS_RE = re.compile(r"SIP/2\.0/([A-Za-z]+) (" + _HOST_FAST + ")(" + _PORT_FAST + ")("
+                          + _VIA_HPARAM_FAST + ")")
 
 
 _ADDR_CACHE: dict[str, NameAddr] = {}
@@ -373,6 +380,42 @@ class Via:
     @classmethod
     def parse(cls, text: str) -> Via:
         text = text.strip(" \t")
+        m = VIA_PARTS_RE.fullmatch(text)
+        if m is not None:
+            via = cls.from_fast_match(m)
+            if via is not None:
+                return via
+        return cls._parse_general(text)
+
+    @classmethod
+    def from_fast_match(cls, m: re.Match[str]) -> Via | None:
+        """The Via of a ``VIA_PARTS_RE`` match; None when the general parser must decide.
+
+        In that shape parameters are tokens (no quotes, so ';' and '=' only
+        delimit) and host/port are already valid: splitting gives exactly what
+        ``_parse_general`` would.
+        """
+        transport, host, port, ptext = m.groups()
+        params: Params = ()
+        if ptext:
+            if '"' in ptext:
+                return None
+            out: list[tuple[str, str | None]] = []
+            for part in ptext[1:].split(";"):
+                k, eq, v = part.partition("=")
+                k = k.lower()
+                if eq:
+                    out.append((k, v))
+                elif k == "branch":
+                    return None  # "empty Via branch": the general parser reports it
+                else:
+                    out.append((k, None))
+            params = tuple(out)
+        return cls(transport=transport.upper(), host=host.lower(),
+                   port=int(port[1:]) if port else None, params=params)
+
+    @classmethod
+    def _parse_general(cls, text: str) -> Via:
         m = VIA_HEAD_RE.match(text)  # LWS around '/' is legal (RFC 4475 §3.1.1.1)
         if m is None:
             raise SipParseError(f"bad Via {text[:40]!r}")

@@ -34,6 +34,7 @@ from gateway.sip.headers import (
     NAME_ADDR_FAST_RE,
     VIA_FAST_RE,
     VIA_HEAD_RE,
+    VIA_PARTS_RE,
     CSeq,
     Headers,
     NameAddr,
@@ -118,6 +119,8 @@ class _Common:
     headers: Headers
     body: bytes
     _vias: list[Via] | None = None
+    _top: Via | None = None
+    _via_match: re.Match[str] | None = None
     _from: NameAddr | None = None
     _to: NameAddr | None = None
     _cseq: CSeq | None = None
@@ -132,10 +135,37 @@ class _Common:
 
     @property
     def top_via(self) -> Via:
-        vias = self.vias
-        if not vias:
+        via = self.first_via()
+        if via is None:
             raise SipParseError("missing Via header")
-        return vias[0]
+        return via
+
+    def first_via(self) -> Via | None:
+        """The topmost Via, or None without one; only it is parsed (the stack's hot path).
+
+        The parser keeps its match of a plain top Via, so the object is built
+        without parsing the text again.
+        """
+        v = self._top
+        if v is not None:
+            return v
+        if self._vias is not None:
+            return self._vias[0] if self._vias else None
+        m = self._via_match
+        if m is not None:
+            v = Via.from_fast_match(m)
+        if v is None:
+            raw = self.headers.get("Via")
+            if raw is None:
+                return None
+            if "," in raw:
+                parts = split_comma(raw)
+                if not parts:
+                    return None
+                raw = parts[0]
+            v = Via.parse(raw)
+        self._top = v
+        return v
 
     @property
     def from_(self) -> NameAddr:
@@ -232,6 +262,8 @@ class _Common:
     def invalidate(self) -> None:
         """Forget cached parsed headers after ``headers`` was edited in place."""
         self._vias = None
+        self._top = None
+        self._via_match = None
         self._from = None
         self._to = None
         self._cseq = None
@@ -572,6 +604,11 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
                 except SipParseError as e:
                     raise SipParseError(f"bad {name} header: {e.reason}") from None
             _remember(_VALID_ADDR, value)
+        if vias:
+            vm = VIA_PARTS_RE.fullmatch(vias[0])
+            if vm is not None:
+                msg._via_match = vm
+                vias = vias[1:]
         for value in vias:
             if VIA_FAST_RE.fullmatch(value) is None:
                 try:

@@ -34,7 +34,7 @@ from gateway.sip.events import (
     TransactionTerminated,
     TransportFailed,
 )
-from gateway.sip.headers import Via, split_comma
+from gateway.sip.headers import Via
 from gateway.sip.message import (
     ParseFailure,
     SipMessage,
@@ -92,15 +92,7 @@ def new_tag() -> str:
 
 def _top_via(msg: SipMessage) -> Via | None:
     """Only the topmost Via: the stack never needs the others, so it never parses them."""
-    raw = msg.headers.get("Via")
-    if raw is None:
-        return None
-    if "," in raw:
-        parts = split_comma(raw)
-        if not parts:
-            return None
-        raw = parts[0]
-    return Via.parse(raw)
+    return msg.first_via()
 
 
 class SipStack:
@@ -220,7 +212,7 @@ class SipStack:
             headers.remove_first_value("Via")
             headers.prepend("Via", str(stamped))
             request.invalidate()
-            via = stamped
+            request._top = via = stamped
         key = server_key(request, via)
         txn = self._txns.get(key)
         method = request.method

@@ -9,9 +9,12 @@ input that tries to ride on a cached entry.
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.sip import message as message_module
 from gateway.sip.errors import SipParseError
+from gateway.sip.headers import VIA_PARTS_RE, Via
 from gateway.sip.message import ParseFailure, SipRequest, parse_message
 
 REGISTER = (
@@ -100,3 +103,71 @@ def test_cached_line_keeps_its_value_whitespace_rules() -> None:
 def test_parse_error_type_is_unchanged() -> None:
     with pytest.raises(SipParseError):
         parse_message(_register(from_="<sip:alice@example.com"))
+
+
+# -- Via built from the fast match ---------------------------------------------------
+
+_via_hosts = st.one_of(
+    st.from_regex(r"[A-Za-z][A-Za-z0-9\-]{0,6}[A-Za-z0-9](\.[A-Za-z][A-Za-z0-9]{0,5}){0,2}",
+                  fullmatch=True),
+    st.tuples(*[st.integers(0, 300)] * 4).map(lambda t: ".".join(map(str, t))),
+    st.just("[2001:db8::1]"))
+_via_params = st.lists(st.tuples(
+    st.sampled_from(["branch", "Branch", "rport", "RPORT", "received", "maddr", "ttl", "x"]),
+    st.one_of(st.none(), st.just(""), st.text("abcXYZ019.:-", min_size=1, max_size=8),
+              st.just('"a;b=c"'))), max_size=4)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["UDP", "udp", "Tcp", "TLS"]), _via_hosts,
+       st.one_of(st.none(), st.integers(0, 70000)), _via_params)
+def test_fast_via_equals_the_general_parser(transport: str, host: str, port: int | None,
+                                            params: list[tuple[str, str | None]]) -> None:
+    text = f"SIP/2.0/{transport} {host}" + ("" if port is None else f":{port}") + "".join(
+        f";{k}" if v is None else f";{k}={v}" for k, v in params)
+    try:
+        general: Via | SipParseError = Via._parse_general(text)
+    except SipParseError as e:
+        general = e
+    try:
+        fast: Via | SipParseError = Via.parse(text)
+    except SipParseError as e:
+        fast = e
+    if isinstance(general, Via):
+        assert fast == general
+    else:
+        assert isinstance(fast, SipParseError)
+    if VIA_PARTS_RE.fullmatch(text) is not None:
+        assert isinstance(general, Via)  # the fast shape is a subset of the valid ones
+
+
+def test_first_via_reuses_the_parser_match_and_survives_edits() -> None:
+    msg = parse_message(_register(branch="xyz"))
+    assert msg._via_match is not None
+    top = msg.first_via()
+    assert top == Via.parse("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKxyz")
+    assert msg.top_via is top and msg.vias == [top]
+    msg.headers.prepend("Via", "SIP/2.0/TCP 198.51.100.7;branch=z9hG4bKnew")
+    msg.invalidate()
+    assert msg.top_via.host == "198.51.100.7"
+    assert len(msg.vias) == 2
+
+
+def test_first_via_of_a_folded_or_quoted_via_uses_the_general_parser() -> None:
+    data = _register().replace(b"branch=z9hG4bKabc",
+                               b'branch=z9hG4bKabc;x="q;y=1", SIP/2.0/TCP h2;branch=z9hG4bK2')
+    msg = parse_message(data)
+    assert msg.top_via.param("x") == '"q;y=1"'
+    assert msg.top_via.branch == "z9hG4bKabc"
+    assert [v.host for v in msg.vias] == ["192.0.2.1", "h2"]
+
+
+def test_flag_branch_is_still_rejected() -> None:
+    with pytest.raises(SipParseError, match="empty Via branch"):
+        Via.parse("SIP/2.0/UDP host;branch")
+
+
+def test_parser_answers_a_flag_branch_with_400() -> None:
+    data = _register().replace(b"branch=z9hG4bKabc", b"rport;branch")
+    with pytest.raises(ParseFailure, match="empty Via branch"):
+        parse_message(data)
