@@ -572,7 +572,10 @@ class Headers:
         if not isinstance(name, str):
             return False
         cname = _lookup(name)
-        return any(n == cname for n, _ in self._items)
+        for n, _ in self._items:
+            if n == cname:
+                return True
+        return False
 
     def add(self, name: str, value: str) -> None:
         self._items.append((canonical_name(name), value))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.sip.errors import SipParseError
@@ -327,19 +328,17 @@ SipMessage = SipRequest | SipResponse
 
 
 def _serialise(start: str, headers: Headers, body: bytes) -> bytes:
-    out = [start]
-    has_cl = False
-    for n, v in headers:
-        if n == "Content-Length":
-            if not has_cl:  # RFC 4475 §3.3.9: never emit two
-                out.append(f"Content-Length: {len(body)}\r\n")
-            has_cl = True
-        else:
-            out.append(f"{n}: {v}\r\n")
-    if not has_cl:
-        out.append(f"Content-Length: {len(body)}\r\n")
-    out.append("\r\n")
-    return _encode("".join(out)) + body
+    # Content-Length always states the real body length, exactly once, at the first
+    # one's place (RFC 4475 §3.3.9: never emit two).
+    cl = f"Content-Length: {len(body)}\r\n"
+    lines = [cl if n == "Content-Length" else f"{n}: {v}\r\n" for n, v in headers._items]
+    count = lines.count(cl)
+    if count == 0:
+        lines.append(cl)
+    elif count > 1:
+        first = lines.index(cl) + 1
+        lines[first:] = [line for line in lines[first:] if line != cl]
+    return _encode(start + "".join(lines) + "\r\n") + body
 
 
 class ParseFailure(SipParseError):
@@ -737,35 +736,69 @@ def _find_content_length(head: bytes) -> int | None:
 
 # -- building messages ---------------------------------------------------------------
 
+_RESPONSE_COPIED = frozenset({"Via", "From", "To", "Call-ID", "CSeq"})
+
+
 def build_response(request: SipRequest, status: int, reason: str | None = None,
-                   *, to_tag: str | None = None, headers: list[tuple[str, str]] | None = None,
+                   *, to_tag: str | None = None,
+                   headers: Sequence[tuple[str, str]] | None = None,
                    body: bytes = b"", content_type: str | None = None) -> SipResponse:
     """Build a response to ``request`` per RFC 3261 §8.2.6.2.
 
     Via (all values, in order), From, Call-ID and CSeq are copied; To is copied
     and gets ``to_tag`` if it has none (never for 100 Trying, §8.2.6.2).
     """
-    items: list[tuple[str, str]] = []
-    for n, v in request.headers:
-        if n in ("Via", "From", "Call-ID", "CSeq"):
-            items.append((n, v))
-        elif n == "To":
-            if to_tag and status != 100:
-                try:
-                    to = request.to
-                    if to.tag is None:
-                        v = str(to.with_tag(to_tag))
-                except SipParseError:
-                    pass
-            items.append((n, v))
-    if status == 100 and request.headers.get("Timestamp") is not None:
-        items.append(("Timestamp", request.headers.get("Timestamp") or ""))
-    for n, v in headers or ():
-        items.append((canonical_name(n), v))
+    items = [it for it in request.headers._items if it[0] in _RESPONSE_COPIED]
+    if to_tag and status != 100:
+        for i, (n, v) in enumerate(items):
+            if n == "To":
+                items[i] = ("To", _to_with_tag(request, v, to_tag))
+                break
+    if status == 100:
+        ts = request.headers.get("Timestamp")
+        if ts is not None:
+            items.append(("Timestamp", ts))
+    if headers:
+        get = _NAME_CACHE.get
+        items.extend([(get(n) or canonical_name(n), v) for n, v in headers])
     if content_type and body:
         items.append(("Content-Type", content_type))
     return SipResponse(status=status, reason=reason or REASONS.get(status, "Unknown"),
                        headers=Headers._trusted(items), body=body)
+
+
+def _to_with_tag(request: SipRequest, value: str, tag: str) -> str:
+    """``value`` (the request's To) with ``;tag=`` appended unless it has a tag (§8.2.6.2).
+
+    Appending is right for both forms (§20.10): after ``<uri>`` of a name-addr,
+    and after an addr-spec, whose ';' parameters are the header's. Without any
+    quote character, ';', '=' and '>' are pure delimiters, so the parameters can
+    be read off the string; a value with quotes is parsed (memoised) instead.
+    """
+    value = value.rstrip(" \t")
+    if '"' in value:
+        try:
+            to = request.to
+        except SipParseError:
+            return value
+        if to.tag is not None:
+            return value
+        return f"{value};tag={tag}"
+    if "<" in value:
+        params = value[value.rfind(">") + 1 :]
+    else:
+        semi = value.find(";")
+        params = value[semi:] if semi >= 0 else ""
+    if params and _has_tag_param(params):
+        return value
+    return f"{value};tag={tag}"
+
+
+def _has_tag_param(params: str) -> bool:
+    for part in params.split(";"):
+        if part.partition("=")[0].strip(" \t").lower() == "tag":
+            return True
+    return False
 
 
 def build_error_response(failure: ParseFailure) -> bytes | None:

@@ -66,13 +66,17 @@ def precheck(request: SipRequest, *, tag: str,
 
 def options_response(request: SipRequest, *, tag: str) -> SipResponse:
     """200 to OPTIONS with our capabilities (RFC 3261 §11.2) — also the health-check answer."""
-    return build_response(request, 200, to_tag=tag, headers=[
-        ("Allow", ", ".join(ALLOWED_METHODS)),
-        ("Accept", "application/sdp"),
-        ("Accept-Encoding", "identity"),
-        ("Accept-Language", "en"),
-        ("Supported", ", ".join(SUPPORTED_EXTENSIONS)),
-    ])
+    return build_response(request, 200, to_tag=tag, headers=_OPTIONS_HEADERS)
+
+
+# Built once: every OPTIONS answer (health checks, SIPp, keep-alives) carries the same.
+_OPTIONS_HEADERS = (
+    ("Allow", ", ".join(ALLOWED_METHODS)),
+    ("Accept", "application/sdp"),
+    ("Accept-Encoding", "identity"),
+    ("Accept-Language", "en"),
+    ("Supported", ", ".join(SUPPORTED_EXTENSIONS)),
+)
 
 
 def not_allowed(request: SipRequest, *, tag: str) -> SipResponse:

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from gateway.sip import message as message_module
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import VIA_PARTS_RE, Via
-from gateway.sip.message import ParseFailure, SipRequest, parse_message
+from gateway.sip.message import ParseFailure, SipRequest, build_response, parse_message
+from gateway.sip.uas import options_response
 
 REGISTER = (
     "REGISTER sip:example.com SIP/2.0\r\n"
@@ -171,3 +172,57 @@ def test_parser_answers_a_flag_branch_with_400() -> None:
     data = _register().replace(b"branch=z9hG4bKabc", b"rport;branch")
     with pytest.raises(ParseFailure, match="empty Via branch"):
         parse_message(data)
+
+
+# -- build_response: the To tag added as text ------------------------------------------
+
+@pytest.mark.parametrize(("to", "expected"), [
+    ("<sip:alice@example.com>", "<sip:alice@example.com>;tag=T1"),
+    ("sip:alice@example.com", "sip:alice@example.com;tag=T1"),
+    ("sip:alice@example.com;x=1", "sip:alice@example.com;x=1;tag=T1"),
+    ("Alice <sip:alice@example.com;tag=uri-param>",
+     "Alice <sip:alice@example.com;tag=uri-param>;tag=T1"),
+    ("<sip:alice@example.com>;TAG=theirs", "<sip:alice@example.com>;TAG=theirs"),
+    ("<sip:alice@example.com> ; tag = theirs", "<sip:alice@example.com> ; tag = theirs"),
+    ("sip:alice@example.com;tag=theirs", "sip:alice@example.com;tag=theirs"),
+    ("<sip:alice@example.com>;tagx=1", "<sip:alice@example.com>;tagx=1;tag=T1"),
+    ('"A;tag=1 <x>" <sip:alice@example.com>', '"A;tag=1 <x>" <sip:alice@example.com>;tag=T1'),
+    ('"Alice" <sip:alice@example.com>;tag=theirs', '"Alice" <sip:alice@example.com>;tag=theirs'),
+    ('<sip:alice@example.com>;x="a;tag=b"', '<sip:alice@example.com>;x="a;tag=b";tag=T1'),
+])
+def test_to_tag_is_added_as_text_exactly_when_missing(to: str, expected: str) -> None:
+    data = _register().replace(b"To: <sip:alice@example.com>", f"To: {to}".encode())
+    req = parse_message(data)
+    assert isinstance(req, SipRequest)
+    resp = build_response(req, 200, to_tag="T1")
+    assert resp.headers.get("To") == expected
+    again = parse_message(bytes(resp))
+    assert again.to.tag == (req.to.tag or "T1")  # the text agrees with the full parser
+    assert again.to.uri == req.to.uri
+    assert build_response(req, 100, to_tag="T1").headers.get("To") == to
+
+
+def test_options_response_is_complete_and_independent() -> None:
+    req = parse_message(_register().replace(b"REGISTER", b"OPTIONS"))
+    assert isinstance(req, SipRequest)
+    a = options_response(req, tag="a")
+    b = options_response(req, tag="b")
+    assert a.to.tag == "a" and b.to.tag == "b"
+    a.headers.add("Server", "x")
+    assert "Server" not in b.headers
+    assert [n for n, _ in b.headers] == ["Via", "From", "To", "Call-ID", "CSeq", "Allow",
+                                         "Accept", "Accept-Encoding", "Accept-Language",
+                                         "Supported"]
+
+
+def test_serialise_states_the_body_length_once_in_place() -> None:
+    req = parse_message(_register())
+    assert isinstance(req, SipRequest)
+    resp = build_response(req, 200, to_tag="t", headers=[
+        ("Content-Length", "99"), ("Expires", "60"), ("Content-Length", "5")], body=b"hello",
+        content_type="text/plain")
+    data = bytes(resp)
+    assert data.count(b"Content-Length") == 1
+    assert b"Content-Length: 5\r\nExpires: 60\r\nContent-Type: text/plain\r\n\r\nhello" in data
+    bare = build_response(req, 404)
+    assert bytes(bare).endswith(b"Content-Length: 0\r\n\r\n")
