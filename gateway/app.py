@@ -207,6 +207,9 @@ class Gateway:
         from gateway.b2bua.service import attach_b2bua
         self.b2bua = await attach_b2bua(self)
         self._stoppers.append(self.b2bua.stop)
+        from gateway.identity.service import attach_identity
+        self.identity = await attach_identity(self)
+        self._stoppers.append(self.identity.stop)
 
     def _start_registrar(self) -> None:
         from firmware_catalog import load_catalog

@@ -89,6 +89,10 @@ class IdentityConfig:
     devidp_host: str = "127.0.0.1"
     devidp_port: int = 8443
     key_file: str = ""  # AES-GCM key for token caches; generated into data_dir when empty
+    devidp_interval: int = 5  # dev provider: device-code polling interval (RFC 8628 §3.2), s
+    devidp_code_ttl: int = 900  # dev provider: device/user code lifetime, s
+    phone_ui_host: str = "127.0.0.1"  # phones' sign-in screens (/phone/<mac>/signin)
+    phone_ui_port: int = 8088  # 0 = ephemeral; -1 = disabled
 
 
 @dataclass

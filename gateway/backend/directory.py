@@ -4,7 +4,7 @@ The model follows Microsoft Teams SIP Gateway's prerequisites (FIELD-NOTES §1):
 a user of a SIP device needs a phone number with PSTN calling enabled, the
 Teams + Phone System (+ SfB Plan 2) licences, and a calling policy with
 ``AllowSIPDevicesCalling``; local forwarding needs ``AllowCallRedirect``;
-the service is not offered in the GCC High and DoD clouds.
+the service is not offered in the government clouds (GCC, GCC High, DoD).
 
 File format::
 
@@ -51,8 +51,10 @@ from pathlib import Path
 from typing import Any
 
 CLOUDS = frozenset({"commercial", "gcc", "gcchigh", "dod"})
-# Teams SIP Gateway: "not yet available for GCC High and DoD" [PLAN].
-UNSUPPORTED_CLOUDS = frozenset({"gcchigh", "dod"})
+# The one definition of the clouds SIP Gateway refuses (also used by gateway.identity):
+# "SIP Gateway is not available for government environments (GCC, GCC High and DoD)."
+# (product seed 002; an older [PLAN] revision said only GCC High and DoD).
+UNSUPPORTED_CLOUDS = frozenset({"gcc", "gcchigh", "dod"})
 ACCOUNT_TYPES = frozenset({"user", "common_area"})
 KNOWN_LICENSES = frozenset({
     "teams", "phone_system", "sfb_plan2", "pstn_calling", "common_area", "voicemail",
@@ -92,7 +94,7 @@ class Tenant:
 
     @property
     def sip_gateway_available(self) -> bool:
-        """SIP Gateway is offered in commercial and GCC, not in GCC High / DoD [PLAN]."""
+        """SIP Gateway is offered in the commercial cloud only, not in GCC, GCC High or DoD."""
         return self.cloud not in UNSUPPORTED_CLOUDS
 
 

@@ -21,7 +21,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NewType, Protocol
 
@@ -29,6 +29,7 @@ import msal  # type: ignore[import-untyped]  # msal ships no type information
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import WatchError
 
+from gateway.backend.directory import UNSUPPORTED_CLOUDS
 from gateway.identity.cache import TokenCacheStore, TokenRefresher
 from gateway.identity.devicecode import (
     DeviceFlow,
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 
 DeviceId = NewType("DeviceId", str)
 HISTORY_CAP = 20
-GOVERNMENT_CLOUDS = frozenset({"gcc", "gcchigh", "dod"})
+GOVERNMENT_CLOUDS = UNSUPPORTED_CLOUDS  # one definition, shared with the backend directory
 
 
 class PairingState(enum.Enum):
@@ -111,6 +112,8 @@ class PairingRecord:
     tenant: str = ""
     user_oid: str = ""
     upn: str = ""
+    user_name: str = ""  # display name and number shown on the phone once paired
+    number: str = ""
     user_code: str = ""
     verification_uri: str = ""
     expires_at: float = 0.0
@@ -241,6 +244,7 @@ class PairingStore:
             device_id=device_id, state=PairingState(d.get("state", "unpaired")),
             reason=d.get("reason", ""), updated_at=float(d.get("updated_at", 0) or 0),
             tenant=d.get("tenant", ""), user_oid=d.get("user_oid", ""), upn=d.get("upn", ""),
+            user_name=d.get("user_name", ""), number=d.get("number", ""),
             user_code=d.get("user_code", ""), verification_uri=d.get("verification_uri", ""),
             expires_at=float(d.get("expires_at", 0) or 0),
             history=tuple(Transition.from_json(h) for h in hist))
@@ -270,7 +274,8 @@ class PairingStore:
                     mapping: dict[str, str | float] = {
                         "state": to.value, "reason": reason, "updated_at": now}
                     if to in (PairingState.UNPAIRED, PairingState.PAIRING):
-                        mapping.update({"user_oid": "", "upn": ""})
+                        mapping.update({"user_oid": "", "upn": "", "user_name": "",
+                                        "number": ""})
                     if to is not PairingState.PAIRING:
                         mapping.update({"user_code": "", "verification_uri": "",
                                         "expires_at": 0})
@@ -331,6 +336,8 @@ class PairingManager:
         self._window = attempt_window
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
+        # Called after a device became PAIRED (tell the phone to re-fetch its configuration).
+        self.on_paired: Callable[[str, DirectoryUser], Awaitable[None]] | None = None
         registry = registry if registry is not None else CollectorRegistry()
         self.metrics = _Metrics(
             attempts=Counter("sipgw_pairing_attempts", "Device sign-ins started",
@@ -438,7 +445,12 @@ class PairingManager:
     async def _bind(self, device_id: str, claims: IdentityClaims, result: dict[str, Any],
                     session: _Session | None) -> None:
         common_area = session.common_area if session else False
-        user = await self._directory.lookup_user(claims.tid, claims.oid)
+        try:
+            user = await self._directory.lookup_user(claims.tid, claims.oid)
+        except Exception as exc:  # noqa: BLE001 - backend outage: end with the reason
+            await self._end(device_id, "lookup_failed",
+                            f"The calling service could not be asked about the user ({exc}).")
+            return
         if user is None:
             await self._end(device_id, "user_not_found",
                             f"{claims.preferred_username} is not known to the calling service.")
@@ -450,12 +462,19 @@ class PairingManager:
             return
         if session is not None:
             await self._caches.save(device_id, session.cache)
-        await self._binder.bind(device_id, user)
+        try:
+            await self._binder.bind(device_id, user)
+        except Exception as exc:  # noqa: BLE001 - device removed meanwhile, backend down
+            log.warning("binding %s to %s failed: %s", device_id, user.upn, exc)
+            await self._caches.delete(device_id)
+            await self._end(device_id, "bind_failed",
+                            f"The phone could not be bound to {user.upn} ({exc}).")
+            return
         try:
             await self.store.transition(
                 device_id, PairingState.PAIRED, f"signed in as {user.upn}",
                 expect=(PairingState.PAIRING,), user_oid=user.oid, upn=user.upn,
-                tenant=user.tenant_id)
+                tenant=user.tenant_id, user_name=user.name, number=user.number)
         except IllegalTransition:
             await self._binder.unbind(device_id)
             await self._caches.delete(device_id)
@@ -463,6 +482,11 @@ class PairingManager:
         await self.refresher.schedule(device_id, float(result.get("expires_in", 3600)))
         self.metrics.results.labels(result="paired").inc()
         await self._update_gauge()
+        if self.on_paired is not None:
+            try:
+                await self.on_paired(device_id, user)
+            except Exception:  # noqa: BLE001 - the pairing stands even if the phone is not told
+                log.exception("on_paired hook for %s failed", device_id)
 
     async def cancel(self, device_id: str, reason: str = "sign-in cancelled") -> None:
         """Back on the phone: abandon a pairing in progress."""
