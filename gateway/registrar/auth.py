@@ -1,9 +1,15 @@
 """The registrar's digest authenticator (RFC 3261 §22.4, RFC 7616, RFC 8760).
 
 Wraps the sans-I/O digest module with the gateway's realm, nonce secret and
-policy: both algorithms challenged (SHA-256 first), the same challenge for
-everyone (the nonce does not depend on the user), and a dummy HA1 so that an
-unknown user costs the same hashing as a known one.
+policy: both algorithms challenged, the same challenge for everyone (the
+nonce does not depend on the user), and a dummy HA1 so that an unknown user
+costs the same hashing as a known one.
+
+Challenge order (RFC 8760 §2.4: the server lists them in its order of
+preference) defaults to MD5 first: deployed desk phones and SIPp 3.6 read
+only the first ``WWW-Authenticate`` and know only MD5, so SHA-256 first locks
+them out. An operator whose fleet speaks SHA-256 passes
+``algorithms=("SHA-256", "MD5")``.
 """
 
 from __future__ import annotations
@@ -12,16 +18,20 @@ import enum
 from dataclasses import dataclass
 
 from gateway.sip.digest import (
-    CHALLENGE_ORDER,
+    ALGORITHMS,
     DigestChallenge,
     DigestCredentials,
     DigestError,
+    NonceCheck,
     NonceFactory,
     NonceStatus,
     compute_ha1,
     verify_response,
 )
 from gateway.sip.message import SipRequest
+
+# RFC 8760 §2.4 order of preference; see the module docstring for why MD5 leads.
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("MD5", "SHA-256")
 
 
 class AuthStatus(enum.Enum):
@@ -42,19 +52,27 @@ class DigestAuthenticator:
     """Challenges and verifies REGISTER digests for one realm."""
 
     def __init__(self, realm: str, secrets: list[bytes], nonce_ttl: float,
-                 *, allow_no_qop: bool = True) -> None:
+                 *, allow_no_qop: bool = True,
+                 algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS) -> None:
+        if not algorithms or any(a not in ALGORITHMS for a in algorithms):
+            raise ValueError(f"digest algorithms must be among {sorted(ALGORITHMS)}")
         self.realm = realm
         self.nonces = NonceFactory(secrets, realm, nonce_ttl)
         self.nonce_ttl = nonce_ttl
         self.allow_no_qop = allow_no_qop
+        self.algorithms = tuple(algorithms)
         self._dummy = {alg: compute_ha1("\x00nobody", realm, "\x00", alg)
-                       for alg in CHALLENGE_ORDER}
+                       for alg in ALGORITHMS}
+        # The challenge text around the nonce never changes: format it once.
+        self._templates = {
+            stale: [str(DigestChallenge(realm=realm, nonce="\x00", algorithm=alg, stale=stale))
+                    .split("\x00") for alg in self.algorithms]
+            for stale in (False, True)}
 
     def challenges(self, now: float, *, stale: bool = False) -> list[str]:
-        """``WWW-Authenticate`` values, SHA-256 first (RFC 8760 §2.4), one shared nonce."""
+        """``WWW-Authenticate`` values in preference order (RFC 8760 §2.4), one shared nonce."""
         nonce = self.nonces.issue(now)
-        return [str(DigestChallenge(realm=self.realm, nonce=nonce, algorithm=alg, stale=stale))
-                for alg in CHALLENGE_ORDER]
+        return [head + nonce + tail for head, tail in self._templates[stale]]
 
     def credentials(self, request: SipRequest) -> DigestCredentials | None:
         """The Authorization for our realm, or None. Raises DigestError when it is garbled."""
@@ -63,7 +81,7 @@ class DigestAuthenticator:
             creds = DigestCredentials.parse(value)
             if creds.realm == self.realm:
                 if found is not None and found.algorithm == "SHA-256":
-                    continue
+                    continue  # two answers: keep the stronger
                 found = creds
         if found is not None and found.qop is None and not self.allow_no_qop:
             raise DigestError("qop=auth is required")
@@ -72,6 +90,13 @@ class DigestAuthenticator:
     def verify(self, creds: DigestCredentials, method: str, ha1: dict[str, str] | None,
                now: float) -> AuthStatus:
         check = self.nonces.check(creds.nonce, now)
+        if check.status is NonceStatus.INVALID:
+            return AuthStatus.BAD_NONCE
+        return self.verify_with(creds, method, ha1, check)
+
+    def verify_with(self, creds: DigestCredentials, method: str, ha1: dict[str, str] | None,
+                    check: NonceCheck) -> AuthStatus:
+        """Check the response for a nonce already checked (``NonceFactory.check``)."""
         if check.status is NonceStatus.INVALID:
             return AuthStatus.BAD_NONCE
         known = ha1 is not None and bool(ha1.get(creds.algorithm))

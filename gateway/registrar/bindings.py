@@ -11,13 +11,17 @@ is a single Lua script: one round trip, atomic across nodes.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
+from gateway.registrar.guard import GuardConfig
+from gateway.registrar.pipe import RespPipe
 from gateway.sip.peer import FlowId, Peer
 from gateway.state import keys
 
@@ -99,11 +103,16 @@ class RegisterUpdate:
     source_ip: str = ""
     device_fields: dict[str, str] = field(default_factory=dict)
     apply: bool = True  # False: only record device fields (e.g. a firmware rejection)
+    ha1_field: str = ""  # the auth hash field the digest was checked against ...
+    ha1: str = ""  # ... and its value then: the script refuses ("cred") if it changed
 
 
 @dataclass(frozen=True, slots=True)
 class RegisterResult:
-    outcome: str  # ok | replay | cseq | toomany | gone
+    # ok | replay | cseq | toomany | gone | cred, and from the admission checks:
+    # blocked_src (detail: block ms left) | blocked_acct | limited; failure mode: failed
+    # (detail "<source blocked now 0/1>,<account blocked now 0/1>")
+    outcome: str
     bindings: list[Binding]
     detail: str = ""
 
@@ -114,28 +123,81 @@ class BindingStore:
     def __init__(self, redis: aioredis.Redis) -> None:
         # redis-py's return types are bytes|str unions; results are bytes (no decoding)
         self.redis: Any = redis
-        self._register = redis.register_script(_REGISTER_LUA)
+        self._register_sha = hashlib.sha1(_REGISTER_LUA.encode()).hexdigest()
         self._purge = redis.register_script(_PURGE_LUA)
+        self._pipe_for: Any = None
+        self._pipe_obj: RespPipe | None = None
 
-    async def apply(self, u: RegisterUpdate, now: float, max_bindings: int) -> RegisterResult:
+    @property
+    def pipe(self) -> RespPipe | None:
+        """The pipelined hot-path connection to the same server as ``self.redis``."""
+        if self._pipe_for is not self.redis:
+            self._pipe_for = self.redis
+            self._pipe_obj = RespPipe.for_client(self.redis)
+        return self._pipe_obj
+
+    async def command(self, *args: Any) -> Any:
+        """One hot-path command, pipelined when the store allows it."""
+        pipe = self.pipe
+        if pipe is not None:
+            return await pipe.execute(*args)
+        return await self.redis.execute_command(*args)
+
+    async def _evalsha(self, keys_: list[str], args: list[str]) -> Any:
+        try:
+            return await self.command("EVALSHA", self._register_sha, len(keys_), *keys_, *args)
+        except NoScriptError:
+            await self.command("SCRIPT", "LOAD", _REGISTER_LUA)
+            return await self.command("EVALSHA", self._register_sha, len(keys_), *keys_, *args)
+
+    @staticmethod
+    def _guard_part(guard: GuardConfig, source_ip: str, username: str, now: float,
+                    ) -> tuple[list[str], list[str]]:
+        window = int(now // guard.rate_window)
+        ks = [keys.rate("src", source_ip, window), keys.rate("acct", username, window),
+              keys.block("src", source_ip), keys.block("acct", username),
+              keys.failures("src", source_ip), keys.failures("acct", username)]
+        args = [str(guard.rate_window * 2), str(guard.source_rate), str(guard.account_rate),
+                str(guard.failure_window), str(guard.source_failures),
+                str(guard.account_failures), str(guard.block_seconds)]
+        return ks, args
+
+    async def apply(self, u: RegisterUpdate, now: float, max_bindings: int, *,
+                    guard: GuardConfig | None = None) -> RegisterResult:
+        """One authenticated REGISTER in one round trip: admission, nc, HA1, bindings."""
+        g = guard or GuardConfig()
         ops = [{"k": op.key, "x": op.binding.expires if op.binding else 0,
                 "d": op.binding.to_json() if op.binding else ""} for op in u.ops]
         fields: list[str] = []
         for k, v in u.device_fields.items():
             fields += [k, v]
-        res = await self._register(
-            keys=[keys.nonce_count(u.nonce), keys.bindings(u.aor), keys.binding_expiry(u.aor),
-                  keys.registrations_index(), keys.device(u.device_id), keys.devices_seen(),
-                  keys.device_auth(u.username)],
-            args=[repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), u.call_id, str(u.cseq),
-                  str(max_bindings), json.dumps(ops), "1" if u.wildcard else "0", u.aor,
-                  u.device_id, u.source_ip, str(KEY_SLACK), "1" if u.apply else "0",
-                  json.dumps(fields)])
+        gk, ga = self._guard_part(g, u.source_ip, u.username, now)
+        res = await self._evalsha(
+            [keys.nonce_count(u.nonce), keys.bindings(u.aor), keys.binding_expiry(u.aor),
+             keys.registrations_index(), keys.device(u.device_id), keys.devices_seen(),
+             keys.device_auth(u.username), *gk],
+            [repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), u.call_id, str(u.cseq),
+             str(max_bindings), json.dumps(ops) if ops else "[]", "1" if u.wildcard else "0",
+             u.aor, u.device_id, u.source_ip, str(KEY_SLACK), "1" if u.apply else "0",
+             json.dumps(fields), "reg", *ga, u.ha1_field, u.ha1, "1"])
         outcome = res[0].decode()
         detail = res[1].decode() if len(res) > 1 and isinstance(res[1], bytes) else ""
         if outcome != "ok":
             return RegisterResult(outcome, [], detail)
         return RegisterResult("ok", _decode_live(res[2:], now))
+
+    async def record_failure(self, source_ip: str, username: str | None, now: float, *,
+                             guard: GuardConfig | None = None) -> RegisterResult:
+        """Count a failed digest check (after the same admission checks) in one round trip."""
+        g = guard or GuardConfig()
+        user = username or ""
+        gk, ga = self._guard_part(g, source_ip, user, now)
+        res = await self._evalsha(
+            ["", "", "", "", "", "", keys.device_auth(user), *gk],
+            [repr(now), "0", "0", "", "0", "0", "[]", "0", "", "", source_ip, str(KEY_SLACK),
+             "0", "[]", "fail", *ga, "", "", "1" if username else "0"])
+        return RegisterResult(res[0].decode(), [],
+                              res[1].decode() if isinstance(res[1], bytes) else "")
 
     async def get(self, aor: str, now: float) -> list[Binding]:
         raw = await self.redis.hvals(keys.bindings(aor))
@@ -195,9 +257,13 @@ def _decode_live(raw: Sequence[Any], now: float) -> list[Binding]:
 
 
 # KEYS: 1 nc, 2 bindings hash, 3 expiry zset, 4 reg index, 5 device hash, 6 devices seen,
-#       7 device auth hash
+#       7 device auth hash, 8 rate src, 9 rate acct, 10 block src, 11 block acct,
+#       12 failures src, 13 failures acct
 # ARGV: 1 now, 2 nc, 3 nc ttl ms, 4 call-id, 5 cseq, 6 max bindings, 7 ops json,
-#       8 wildcard, 9 aor, 10 device id, 11 source ip, 12 key slack, 13 apply, 14 fields json
+#       8 wildcard, 9 aor, 10 device id, 11 source ip, 12 key slack, 13 apply, 14 fields json,
+#       15 mode (reg|fail), 16 rate key ttl, 17 source rate, 18 account rate,
+#       19 failure window, 20 source failure threshold, 21 account failure threshold,
+#       22 block seconds, 23 ha1 field, 24 ha1, 25 has account (1/0)
 _COMMON_LUA = """
 local function purge(hkey, zkey, now)
   local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
@@ -231,6 +297,45 @@ return n
 
 _REGISTER_LUA = _COMMON_LUA + """
 local now = tonumber(ARGV[1])
+-- admission (abuse guard, shared by every node): counters, blocks, rate limits
+local has_acct = ARGV[25] == '1'
+local ns = redis.call('INCR', KEYS[8])
+if ns == 1 then redis.call('EXPIRE', KEYS[8], ARGV[16]) end
+local na = 0
+if has_acct then
+  na = redis.call('INCR', KEYS[9])
+  if na == 1 then redis.call('EXPIRE', KEYS[9], ARGV[16]) end
+end
+local left = redis.call('PTTL', KEYS[10])
+if left > 0 then return {'blocked_src', tostring(left)} end
+if ns > tonumber(ARGV[17]) or na > tonumber(ARGV[18]) then return {'limited', ''} end
+if has_acct and redis.call('EXISTS', KEYS[11]) == 1 then
+  -- an account block spares the address the device last registered from
+  if redis.call('HGET', KEYS[7], 'last_ip') ~= ARGV[11] then return {'blocked_acct', ''} end
+end
+if ARGV[15] == 'fail' then
+  local out = {'failed', ''}
+  local s, a = '0', '0'
+  local n = redis.call('INCR', KEYS[12])
+  if n == 1 then redis.call('EXPIRE', KEYS[12], ARGV[19]) end
+  if n >= tonumber(ARGV[20]) and redis.call('EXISTS', KEYS[10]) == 0 then
+    redis.call('SET', KEYS[10], ARGV[11], 'EX', ARGV[22])
+    s = '1'
+  end
+  if has_acct then
+    local m = redis.call('INCR', KEYS[13])
+    if m == 1 then redis.call('EXPIRE', KEYS[13], ARGV[19]) end
+    if m >= tonumber(ARGV[21]) and redis.call('EXISTS', KEYS[11]) == 0 then
+      redis.call('SET', KEYS[11], '1', 'EX', ARGV[22])
+      a = '1'
+    end
+  end
+  out[2] = s .. ',' .. a
+  return out
+end
+if ARGV[23] ~= '' and redis.call('HGET', KEYS[7], ARGV[23]) ~= ARGV[24] then
+  return {'cred', ''}
+end
 local nc = tonumber(ARGV[2])
 if nc > 0 then
   local seen = redis.call('GET', KEYS[1])

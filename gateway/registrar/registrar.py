@@ -2,9 +2,11 @@
 
 ``Registrar.handle_register`` runs the §10.3 steps on one request and always
 returns a response: domain and infrastructure errors map to a status with a
-``Warning`` (one place: ``_fail``). Redis work is two pipelined round trips
-for an authenticated REGISTER (admission + credentials, then one Lua update)
-and one for a challenge.
+``Warning`` (one place: ``_fail``). Redis work: none for a challenge (per-node
+admission; the device's HA1s are prefetched after the 401 is sent), and one
+Lua script (EVALSHA) for an authenticated REGISTER that does the shared
+admission checks (blocks, rate counters), the nonce-count check, the HA1
+re-check and the binding update in one round trip.
 """
 
 from __future__ import annotations
@@ -24,10 +26,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
 
 from gateway.registrar.auth import AuthStatus, DigestAuthenticator
-from gateway.registrar.bindings import Binding, BindingOp, BindingStore, RegisterUpdate
-from gateway.registrar.devices import DeviceStore, parse_auth, user_aor
+from gateway.registrar.bindings import (
+    Binding,
+    BindingOp,
+    BindingStore,
+    RegisterResult,
+    RegisterUpdate,
+)
+from gateway.registrar.devices import AuthRecord, DeviceStore, parse_auth, user_aor
 from gateway.registrar.guard import AbuseGuard, GuardConfig
-from gateway.sip.digest import DigestCredentials, DigestError
+from gateway.sip.digest import DigestCredentials, DigestError, NonceStatus
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, build_response
@@ -103,6 +111,13 @@ class RegistrarMetrics:
                                      "source addresses currently blocked", registry=registry)
 
 
+# How long a prefetched credential record is trusted for checking a digest (s); the
+# register script re-checks the HA1 at write time, so this bounds only extra work.
+_CRED_CACHE_TTL = 30.0
+_CRED_CACHE_MAX = 200_000
+_HA1_FIELD = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256"}
+
+
 class _Reject(Exception):
     def __init__(self, status: int, warning: str, headers: list[tuple[str, str]] | None = None,
                  ) -> None:
@@ -137,8 +152,17 @@ class Registrar:
         self.clock = clock
         self.redis: Any = store.redis
         self.pending = 0
-        self._verdicts: dict[str, FirmwareVerdict] = {}
+        self._verdicts: dict[str, tuple[FirmwareVerdict, dict[str, str]]] = {}
         self._rand = random.Random()
+        # per-node admission state for the Redis-free challenge path
+        self._window = -1
+        self._counts: dict[str, int] = {}
+        self._blocked: dict[str, float] = {}
+        # username -> (auth record or None, fetched at): prefetched at challenge time
+        self._ha1_cache: dict[str, tuple[AuthRecord | None, float]] = {}
+        self._prefetching: dict[str, asyncio.Future[AuthRecord | None]] = {}
+        self._results: dict[int, Any] = {}
+        self._date: tuple[int, str] = (0, "")
 
     # -- public API --------------------------------------------------------------------
     async def handle_register(self, request: SipRequest, peer: Peer, node_id: str,
@@ -165,7 +189,11 @@ class Registrar:
         finally:
             self.pending -= 1
         if self.metrics is not None:
-            self.metrics.results.labels(str(resp.status)).inc()
+            child = self._results.get(resp.status)
+            if child is None:
+                child = self._results[resp.status] = self.metrics.results.labels(
+                    str(resp.status))
+            child.inc()
         return resp
 
     async def lookup(self, aor: str) -> list[Binding]:
@@ -234,49 +262,47 @@ class Registrar:
         if not to_uri.is_sip or not to_uri.user:
             raise _Reject(404, "To must be the sip: URI of a device account")
         creds = self.auth.credentials(request)  # DigestError -> 400
-        username = creds.username if creds is not None else None
-        if username is not None and len(username) > 128:
-            username = username[:128]
-
-        # Round trip 1: admission counters and blocks, plus the credentials to check.
-        pipe = self.redis.pipeline(transaction=False)
-        n = self.guard.queue_check(pipe, peer.host, username, now)
-        if username is not None:
-            self.devices.queue_get_auth(pipe, username)
-        results = await asyncio.wait_for(pipe.execute(), cfg.store_timeout)
-        adm = self.guard.parse_check(results[:n], now)
-        auth = parse_auth(results[n]) if username is not None else None
-
-        if adm.source_blocked:
-            raise _Reject(403, "too many failed attempts from this address; try later")
-        if adm.source_limited or adm.account_limited:
-            raise _Reject(503, "request rate limit exceeded",
-                          [("Retry-After", str(adm.retry_after))])
         if creds is None:
+            # The challenge path touches no Redis: a per-node window counter and the
+            # blocks this node has learnt. The credentials are fetched in the background
+            # (after the 401 is sent, so timing tells nothing) for the answer to come.
+            self._admit_locally(peer.host, now)
+            self._prefetch(_unescape(to_uri.user), now)
             return self._challenge(request, now)
-        if adm.account_blocked and not (auth is not None and auth.last_ip == peer.host):
-            raise _Reject(403, "too many failed attempts for this account; try later")
+        username = creds.username[:128]
 
-        status = self.auth.verify(creds, request.method,
-                                  auth.ha1 if auth is not None else None, now)
-        if status is AuthStatus.BAD_NONCE:
+        check = self.auth.nonces.check(creds.nonce, now)
+        if check.status is NonceStatus.INVALID:
+            self._admit_locally(peer.host, now)
             return self._challenge(request, now)
+        cached = username in self._ha1_cache
+        auth = await self._auth_record(username, now)
+        status = self.auth.verify_with(creds, request.method,
+                                       auth.ha1 if auth is not None else None, check)
+        if status is AuthStatus.FAILED and cached:
+            # A cached record may predate a new device or password: fail on fresh data only.
+            self._ha1_cache.pop(username, None)
+            auth = await self._auth_record(username, now)
+            status = self.auth.verify_with(creds, request.method,
+                                           auth.ha1 if auth is not None else None, check)
         if status is AuthStatus.FAILED or auth is None or \
                 _unescape(to_uri.user) != creds.username:
-            await self._count_failure(peer.host, creds.username, "bad_credentials")
+            await self._count_failure(peer.host, username, "bad_credentials", now)
             raise _Reject(403, "authentication failed")
         if status is AuthStatus.STALE:
+            self._admit_locally(peer.host, now)
             return self._challenge(request, now, stale=True)
 
         # Authenticated. The firmware verdict applies to every REGISTER.
         ua = request.headers.get("User-Agent") or ""
         verdict = self._evaluate(ua)
-        fields = _verdict_fields(verdict, ua, now)
+        fields = self._verdict_fields(verdict, ua, now)
         aor = f"sip:{creds.username}@{self.auth.realm}"
         base = RegisterUpdate(
-            aor=aor, device_id=auth.device_id, username=creds.username,
+            aor=aor, device_id=auth.device_id, username=username,
             call_id=request.call_id, cseq=request.cseq.number, nonce=creds.nonce, nc=_nc(creds),
-            nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host, device_fields=fields)
+            nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host, device_fields=fields,
+            ha1_field=_HA1_FIELD[creds.algorithm], ha1=auth.ha1[creds.algorithm])
         if not verdict.admitted:
             await self._apply(dataclasses.replace(base, apply=False), now)
             raise _Reject(403, verdict.reason or "device firmware not admitted")
@@ -285,23 +311,117 @@ class Registrar:
                                                           auth.device_id, ua, now)
         result = await self._apply(
             dataclasses.replace(base, ops=ops, wildcard=wildcard), now)
-        if result.outcome == "replay":
+        outcome = result.outcome
+        if outcome == "ok":
+            if wildcard or any(op.binding is None for op in ops):
+                reason = request.headers.get("Reason")
+                log.info("bindings removed for %s from %s%s", aor, peer,
+                         f" (Reason: {_ascii(reason)})" if reason else "")
+            return self._ok(request, result.bindings, now, outbound=outbound, path=path)
+        if outcome == "replay":
             # A reused nonce count: a replay, or a phone that never increments nc. Either way
             # a fresh nonce is the cure; not counted as a failure (the digest was right).
             return self._challenge(request, now, stale=True)
-        if result.outcome == "cseq":
+        if outcome == "cred":
+            # The password changed between our read and the write: decide afresh.
+            self._ha1_cache.pop(username, None)
+            return self._challenge(request, now, stale=True)
+        if outcome == "cseq":
             raise _Reject(500, "out-of-order REGISTER (same Call-ID, CSeq not higher)",
                           [("Retry-After", "1")])
-        if result.outcome == "toomany":
+        if outcome == "toomany":
             raise _Reject(403, f"too many bindings: at most {cfg.max_bindings_per_aor} "
                                "contacts per address-of-record")
-        if result.outcome == "gone":
+        if outcome == "gone":
+            self._ha1_cache.pop(username, None)
             raise _Reject(403, "authentication failed")
-        if wildcard or any(op.binding is None for op in ops):
-            reason = request.headers.get("Reason")
-            log.info("bindings removed for %s from %s%s", aor, peer,
-                     f" (Reason: {_ascii(reason)})" if reason else "")
-        return self._ok(request, result.bindings, now, outbound=outbound, path=path)
+        self._admission_reject(outcome, result.detail, peer.host, now)
+        raise _Reject(500, f"unexpected store outcome {outcome[:20]}")
+
+    # -- admission -----------------------------------------------------------------------
+    def _admit_locally(self, ip: str, now: float) -> None:
+        """Pre-authentication admission on this node alone (RFC 3261 §21.5.4 503)."""
+        until = self._blocked.get(ip)
+        if until is not None:
+            if until > now:
+                raise _Reject(403, "too many failed attempts from this address; try later")
+            del self._blocked[ip]
+        g = self.config.guard
+        window = int(now // g.rate_window)
+        if window != self._window:
+            self._window = window
+            self._counts.clear()
+        n = self._counts.get(ip, 0) + 1
+        self._counts[ip] = n
+        if n > g.source_rate:
+            retry = max(1, int(g.rate_window - now % g.rate_window + 0.999))
+            raise _Reject(503, "request rate limit exceeded", [("Retry-After", str(retry))])
+
+    def _admission_reject(self, outcome: str, detail: str, ip: str, now: float) -> None:
+        """Map the register script's admission outcomes (shared across nodes) to SIP."""
+        if outcome == "blocked_src":
+            ttl = float(detail) / 1000 if detail.isdigit() else 60.0
+            self._remember_block(ip, now + ttl)
+            raise _Reject(403, "too many failed attempts from this address; try later")
+        if outcome == "blocked_acct":
+            raise _Reject(403, "too many failed attempts for this account; try later")
+        if outcome == "limited":
+            g = self.config.guard
+            retry = max(1, int(g.rate_window - now % g.rate_window + 0.999))
+            raise _Reject(503, "request rate limit exceeded", [("Retry-After", str(retry))])
+
+    def _remember_block(self, ip: str, until: float) -> None:
+        if len(self._blocked) > 65536:
+            self._blocked.clear()
+        self._blocked[ip] = until
+
+    # -- credentials -----------------------------------------------------------------------
+    def _prefetch(self, username: str, now: float) -> None:
+        if len(username) > 128 or username in self._prefetching:
+            return
+        hit = self._ha1_cache.get(username)
+        if hit is not None and now - hit[1] < _CRED_CACHE_TTL:
+            return
+        task = asyncio.ensure_future(self._fetch_auth(username, now))
+        self._prefetching[username] = task
+
+    async def _fetch_auth(self, username: str, now: float) -> AuthRecord | None:
+        try:
+            async with asyncio.timeout(self.config.store_timeout):
+                raw = await self.store.command("HGETALL", keys.device_auth(username))
+        except (RedisError, OSError, TimeoutError):
+            return None
+        finally:
+            self._prefetching.pop(username, None)
+        rec = parse_auth(_pairs(raw))
+        if len(self._ha1_cache) >= _CRED_CACHE_MAX:
+            self._ha1_cache.clear()
+        self._ha1_cache[username] = (rec, now)
+        return rec
+
+    async def _auth_record(self, username: str, now: float) -> AuthRecord | None:
+        """The HA1s to check a digest against: the prefetched copy when fresh, else Redis.
+
+        A cached copy is only a hint: the register script refuses (``cred``) when the
+        stored HA1 no longer matches the one the digest was checked against.
+        """
+        hit = self._ha1_cache.get(username)
+        if hit is not None and now - hit[1] < _CRED_CACHE_TTL:
+            return hit[0]
+        pending = self._prefetching.get(username)
+        if pending is not None:  # the prefetch after the 401 is still on its way
+            async with asyncio.timeout(self.config.store_timeout):
+                await asyncio.shield(pending)
+            hit = self._ha1_cache.get(username)
+            if hit is not None:
+                return hit[0]
+        async with asyncio.timeout(self.config.store_timeout):
+            raw = await self.store.command("HGETALL", keys.device_auth(username))
+        rec = parse_auth(_pairs(raw))
+        if len(self._ha1_cache) >= _CRED_CACHE_MAX:
+            self._ha1_cache.clear()
+        self._ha1_cache[username] = (rec, now)
+        return rec
 
     def _contact_ops(self, request: SipRequest, peer: Peer, node_id: str, aor: str,
                      device_id: str, ua: str, now: float,
@@ -369,34 +489,49 @@ class Registrar:
                           [("Min-Expires", str(cfg.min_expires))])
         return ops, False, outbound_used, path
 
-    async def _apply(self, update: RegisterUpdate, now: float) -> Any:
-        return await asyncio.wait_for(
-            self.store.apply(update, now, self.config.max_bindings_per_aor),
-            self.config.store_timeout)
+    async def _apply(self, update: RegisterUpdate, now: float) -> RegisterResult:
+        g = self.config.guard
+        async with asyncio.timeout(self.config.store_timeout):
+            return await self.store.apply(update, now, self.config.max_bindings_per_aor,
+                                          guard=g)
 
-    async def _count_failure(self, ip: str, username: str | None, reason: str) -> None:
-        out = await asyncio.wait_for(self.guard.record_failure(ip, username),
-                                     self.config.store_timeout)
+    async def _count_failure(self, ip: str, username: str | None, reason: str,
+                             now: float) -> None:
+        """Count a failed digest check in the shared counters; block on the threshold."""
+        g = self.config.guard
+        async with asyncio.timeout(self.config.store_timeout):
+            out = await self.store.record_failure(ip, username, now, guard=g)
+        if out.outcome in ("blocked_src", "blocked_acct", "limited"):
+            self._admission_reject(out.outcome, out.detail, ip, now)
+        src_now, acct_now = out.detail.split(",") if "," in out.detail else ("0", "0")
+        if src_now == "1":
+            self._remember_block(ip, now + g.block_seconds)
         if self.metrics is not None:
             self.metrics.auth_failures.labels(reason).inc()
-            if out.source_blocked_now:
+            if src_now == "1":
                 self.metrics.blocks.labels("source").inc()
-            if out.account_blocked_now:
+            if acct_now == "1":
                 self.metrics.blocks.labels("account").inc()
-        if out.source_blocked_now:
+        if src_now == "1":
             log.warning("blocking %s after repeated authentication failures", ip)
-        if out.account_blocked_now:
+        if acct_now == "1":
             log.warning("blocking account %r after repeated authentication failures",
                         _ascii(username or "", 64))
 
     def _evaluate(self, ua: str) -> FirmwareVerdict:
-        v = self._verdicts.get(ua)
-        if v is None:
+        hit = self._verdicts.get(ua)
+        if hit is None:
             v = self.firmware.evaluate(ua)
             if len(self._verdicts) > 4096:
                 self._verdicts.clear()
-            self._verdicts[ua] = v
-        return v
+            hit = self._verdicts[ua] = (v, _verdict_fields(v, ua, 0.0))
+        return hit[0]
+
+    def _verdict_fields(self, v: FirmwareVerdict, ua: str, now: float) -> dict[str, str]:
+        hit = self._verdicts.get(ua)
+        fields = dict(hit[1]) if hit is not None else _verdict_fields(v, ua, now)
+        fields["fw_checked"] = repr(now)
+        return fields
 
     # -- responses ----------------------------------------------------------------------
     def _retry_after(self) -> int:
@@ -422,7 +557,10 @@ class Registrar:
         hs: list[tuple[str, str]] = []
         for b in bindings:
             hs.append(("Contact", f"{b.contact};expires={b.remaining(now)}"))
-        hs.append(("Date", email.utils.formatdate(now, usegmt=True)))
+        sec = int(now)
+        if self._date[0] != sec:
+            self._date = (sec, email.utils.formatdate(sec, usegmt=True))
+        hs.append(("Date", self._date[1]))
         if outbound:
             # RFC 5626 §6: the registrar confirms it honoured reg-id, and sets the interval.
             hs.append(("Require", "outbound"))
@@ -434,6 +572,14 @@ class Registrar:
 
 
 # -- helpers ---------------------------------------------------------------------------
+
+def _pairs(raw: Any) -> dict[bytes, bytes]:
+    """HGETALL's flat RESP2 array (or redis-py's dict) as a dict."""
+    if isinstance(raw, dict):
+        return raw
+    it = iter(raw or ())
+    return dict(zip(it, it, strict=False))
+
 
 def _tag() -> str:
     return secrets.token_hex(6)

@@ -42,7 +42,7 @@ def test_first_register_challenges_both_algorithms(env: Env) -> Deferred[None]:
                                          "n")
         assert resp.status == 401
         chs = [DigestChallenge.parse(v) for v in resp.headers.get_raw("WWW-Authenticate")]
-        assert [c.algorithm for c in chs] == ["SHA-256", "MD5"]
+        assert [c.algorithm for c in chs] == ["MD5", "SHA-256"]
         assert {c.nonce for c in chs} == {chs[0].nonce} and all(c.qop == "auth" for c in chs)
         assert all(c.realm == REALM for c in chs)
         await r.aclose()
@@ -460,8 +460,12 @@ def test_store_unavailable_gives_503(env: Env) -> Deferred[None]:
         dead = connect("redis://127.0.0.1:1")
         reg.redis = dead
         reg.store.redis = dead
-        resp = await reg.handle_register(parse(register_text("x")), Peer("UDP", "1.1.1.1", 1),
-                                         "n")
+        # the challenge needs no store: it still works
+        peer = Peer("UDP", "1.1.1.1", 1)
+        challenge = await reg.handle_register(parse(register_text("x")), peer, "n")
+        assert challenge.status == 401
+        resp = await reg.handle_register(parse(authorize(register_text("x"), challenge, "x",
+                                                         "pw")), peer, "n")
         assert resp.status == 503 and resp.headers.get("Retry-After")
         await dead.aclose()
     return arun(body())
