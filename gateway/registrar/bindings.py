@@ -221,6 +221,17 @@ class BindingStore:
                               args=[repr(now), aor, str(KEY_SLACK)])
         return int(n)
 
+    async def remove_binding(self, aor: str, key: str, now: float, *,
+                             expected: Binding | None = None) -> bool:
+        """Remove one binding; with ``expected``, only if it is still that registration
+        (same Call-ID, CSeq and node), so a REGISTER that just replaced it survives."""
+        res = await self.redis.eval(
+            _REMOVE_LUA, 3, keys.bindings(aor), keys.binding_expiry(aor),
+            keys.registrations_index(), key, expected.call_id if expected else "",
+            str(expected.cseq) if expected else "", expected.node_id if expected else "",
+            "1" if expected else "0", aor, str(KEY_SLACK), repr(now))
+        return bool(int(res))
+
     async def remove_aor(self, aor: str) -> None:
         pipe = self.redis.pipeline(transaction=True)
         pipe.delete(keys.bindings(aor), keys.binding_expiry(aor))
@@ -293,6 +304,24 @@ _PURGE_LUA = _COMMON_LUA + """
 local n = purge(KEYS[1], KEYS[2], tonumber(ARGV[1]))
 retime(KEYS[1], KEYS[2], KEYS[3], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[1]))
 return n
+"""
+
+# KEYS: 1 bindings hash, 2 expiry zset, 3 reg index
+# ARGV: 1 binding key, 2 call-id, 3 cseq, 4 node id, 5 check (1/0), 6 aor, 7 slack, 8 now
+_REMOVE_LUA = _COMMON_LUA + """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+if ARGV[5] == '1' then
+  local ok, b = pcall(cjson.decode, raw)
+  if ok and (b['call_id'] ~= ARGV[2] or tostring(b['cseq']) ~= ARGV[3]
+             or b['node_id'] ~= ARGV[4]) then
+    return 0
+  end
+end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+retime(KEYS[1], KEYS[2], KEYS[3], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]))
+return 1
 """
 
 _REGISTER_LUA = _COMMON_LUA + """

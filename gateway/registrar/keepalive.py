@@ -1,0 +1,124 @@
+"""Server-side NAT keep-alives for UDP bindings (RFC 3261 §11 OPTIONS; RFC 5626 §3.5).
+
+A phone using SIP outbound keeps its own flow alive (CRLF on TCP/TLS, STUN on
+UDP, RFC 5626 §3.5.1/§4.4); the transport answers those. A UDP phone without
+outbound relies on the server: some NAT bindings close after 30 s of silence.
+So the node that owns the binding (``Binding.node_id``; only that node can
+reach the phone's NAT mapping from the right socket, and one pinger per phone
+avoids the N-fold pings of replicated registrars, kamailio#310/#1299) sends an
+OPTIONS to the binding's source address every ``interval`` seconds. After
+``max_failures`` pings in a row without an answer, the binding is removed: a
+phone that cannot be reached must not attract calls, and its next REGISTER
+restores it. Any response, even an error status, proves the path is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from gateway.registrar.bindings import Binding, BindingStore
+from gateway.sip.peer import Peer
+
+log = logging.getLogger(__name__)
+
+# send_options(peer, binding) -> the final status, or None when nothing came back.
+# The gateway's client transactions report a timeout as a synthetic 408 (RFC 3261
+# §8.1.3.1), so 408 counts as no answer too.
+SendOptions = Callable[[Peer, Binding], Awaitable[int | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAliveReport:
+    """What one round did."""
+
+    pinged: int
+    answered: int
+    failed: int
+    removed: int
+
+
+class KeepAliveMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pings = Counter("sipgw_keepalive_pings", "NAT keep-alive OPTIONS by result",
+                             ["result"], registry=registry)
+        self.removed = Counter("sipgw_keepalive_removed",
+                               "bindings removed after unanswered keep-alives",
+                               registry=registry)
+        self.unreachable = Gauge("sipgw_keepalive_unreachable",
+                                 "owned UDP bindings with unanswered keep-alives",
+                                 registry=registry)
+
+
+class KeepAlive:
+    """Periodic OPTIONS pings to this node's UDP bindings (call ``run_once`` on a timer)."""
+
+    def __init__(self, store: BindingStore, node_id: str, send_options: SendOptions, *,
+                 interval: float = 30.0, max_failures: int = 3, concurrency: int = 200,
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if max_failures < 1 or concurrency < 1 or interval <= 0:
+            raise ValueError("keep-alive interval, max_failures and concurrency must be > 0")
+        self.store = store
+        self.node_id = node_id
+        self.send_options = send_options
+        self.interval = interval
+        self.max_failures = max_failures
+        self.clock = clock
+        self.metrics = KeepAliveMetrics(registry) if registry is not None else None
+        self._sem = asyncio.Semaphore(concurrency)
+        self._failures: dict[tuple[str, str], int] = {}
+
+    def owned(self, b: Binding) -> bool:
+        """Bindings this node pings: its own plain-UDP ones (outbound phones ping us)."""
+        return b.node_id == self.node_id and b.transport.upper() == "UDP" and not b.outbound
+
+    async def run_once(self, now: float | None = None) -> KeepAliveReport:
+        now = self.clock() if now is None else now
+        aors = await self.store.active_aors(now)
+        targets: list[Binding] = []
+        for i in range(0, len(aors), 500):
+            for bl in (await self.store.get_many(aors[i:i + 500], now)).values():
+                targets += [b for b in bl if self.owned(b)]
+        live = {(b.aor, b.key) for b in targets}
+        for k in [k for k in self._failures if k not in live]:
+            del self._failures[k]  # re-registered elsewhere, removed or expired
+        results = await asyncio.gather(*(self._ping(b) for b in targets))
+        answered = sum(1 for ok in results if ok)
+        removed = 0
+        for b, ok in zip(targets, results, strict=True):
+            k = (b.aor, b.key)
+            if ok:
+                self._failures.pop(k, None)
+                continue
+            n = self._failures.get(k, 0) + 1
+            self._failures[k] = n
+            if n >= self.max_failures:
+                if await self.store.remove_binding(b.aor, b.key, now, expected=b):
+                    removed += 1
+                    log.info("removed unreachable binding %s of %s (%s, %d keep-alives "
+                             "unanswered)", b.contact, b.aor, b.source, n)
+                del self._failures[k]
+        if self.metrics is not None:
+            self.metrics.pings.labels("answered").inc(answered)
+            self.metrics.pings.labels("failed").inc(len(targets) - answered)
+            self.metrics.removed.inc(removed)
+            self.metrics.unreachable.set(len(self._failures))
+        return KeepAliveReport(len(targets), answered, len(targets) - answered, removed)
+
+    async def _ping(self, b: Binding) -> bool:
+        async with self._sem:
+            try:
+                status = await asyncio.wait_for(self.send_options(b.source, b),
+                                                self.interval)
+            except (TimeoutError, OSError):
+                return False
+            except Exception:  # noqa: BLE001 - one bad ping must not stop the round
+                log.exception("keep-alive to %s failed", b.source)
+                return False
+        return status is not None and status != 408
