@@ -33,6 +33,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, Protocol
 
+from twisted.internet.error import CannotListenError
 from twisted.web import server
 
 from gateway.b2bua.dialplan import DialTarget, Feature
@@ -407,8 +408,15 @@ async def attach_identity(gateway: Any) -> IdentityService:
                                   devidp=idp)
         holder.append(service)
         if ic.phone_ui_port >= 0:
-            port = service.serve_phone_ui(ic.phone_ui_host, ic.phone_ui_port)
-            gateway.listening.append(Listening("phone-ui", "http", ic.phone_ui_host, port))
+            try:
+                port = service.serve_phone_ui(ic.phone_ui_host, ic.phone_ui_port)
+            except CannotListenError as exc:
+                # The screens are a convenience (the code is also on the call's display):
+                # a taken port must not keep the gateway from serving calls.
+                log.warning("phone sign-in screens disabled: %s", exc)
+            else:
+                gateway.listening.append(Listening("phone-ui", "http", ic.phone_ui_host,
+                                                   port))
     except BaseException:
         if idp is not None:
             await idp.stop()
