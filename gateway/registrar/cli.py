@@ -159,14 +159,14 @@ async def _run(args: argparse.Namespace, config: Config, out: TextIO) -> int:
             out.write(f"{len(devices)} device(s)\n")
             return 0
         if args.action == "show":
-            d = await show_device(redis, args.mac, realm)
-            if d is None:
+            shown = await show_device(redis, args.mac, realm)
+            if shown is None:
                 print(f"sipgw devices: no device {args.mac}", file=sys.stderr)
                 return 1
             if args.json:
-                out.write(json.dumps(d) + "\n")
+                out.write(json.dumps(shown) + "\n")
             else:
-                _print_show(d, out)
+                _print_show(shown, out)
             return 0
         if args.action == "remove":
             if not await remove_device(redis, args.mac, realm):
