@@ -368,7 +368,11 @@ class ServerTransaction(Transaction):
         data = bytes(response)
         action, nxt = entry
         self.state = nxt
-        if response.status >= 200:
+        if response.status >= 200 and self.is_invite:
+            # Only INVITE needs it (RFC 2543 ACK matching by To tag, §17.2.3). A completed
+            # non-INVITE transaction lingers 32 s (Timer J) holding just the bytes, so the
+            # objects of a busy second of OPTIONS/REGISTER are freed, not kept for the GC
+            # to scan.
             self.final = response
         action(self, response, data, now)
         return True
