@@ -30,6 +30,7 @@ KNOWN_STATUSES = frozenset({
     415, 420, 423, 480, 481, 482, 483, 486, 487, 488, 489, 491, 500, 501, 502, 503, 504,
     505, 513, 600, 603,
 })
+_RAW_CACHE_MAX = 512
 PARSE_ERROR_CATEGORIES = (
     "content_length", "request_line", "status_line", "version", "via", "header", "uri",
     "size", "framing", "other",
@@ -128,6 +129,7 @@ class SipMetrics:
             "Stream connections refused by the per-source or total connection cap",
             ("transport",), registry=self.registry)
         self._children: dict[tuple[bool, str, str, str, str], Counter] = {}
+        self._raw_children: dict[tuple[bool, str, bytes], Counter] = {}
         self._error_children = {c: self._parse_errors.labels(reason=c)
                                 for c in PARSE_ERROR_CATEGORIES}
 
@@ -150,14 +152,41 @@ class SipMetrics:
 
     def raw_received(self, transport: str, data: bytes) -> None:
         """Count an unparsed datagram by its start line (keep-alives are not counted)."""
-        labels = sniff_start_line(data)
-        if labels is not None:
-            self._child(False, transport, *labels).inc()
+        child = self._raw_child(False, transport, data)
+        if child is not None:
+            child.inc()
 
     def raw_sent(self, transport: str, data: bytes) -> None:
-        labels = sniff_start_line(data)
-        if labels is not None:
-            self._child(True, transport, *labels).inc()
+        child = self._raw_child(True, transport, data)
+        if child is not None:
+            child.inc()
+
+    def _raw_child(self, sent: bool, transport: str, data: bytes) -> Counter | None:
+        """The counter for a raw message, found by its first word (or status) in one lookup.
+
+        The key is what ``sniff_start_line`` decides on: a request's method token
+        or a response's status code. Keys of unusual lines (leading CRLFs, no space
+        early on) are not cached, and the cache is bounded.
+        """
+        if data[:8] == b"SIP/2.0 ":
+            prefix = data[:12]
+        else:
+            sp = data.find(b" ", 0, 24)
+            prefix = data[:sp] if sp > 0 else b""
+        if not prefix or prefix[:1] in (b"\r", b"\n"):
+            labels = sniff_start_line(data)
+            return None if labels is None else self._child(sent, transport, *labels)
+        key = (sent, transport, prefix)
+        child = self._raw_children.get(key)
+        if child is None:
+            labels = sniff_start_line(data)
+            if labels is None:
+                return None
+            child = self._child(sent, transport, *labels)
+            if len(self._raw_children) >= _RAW_CACHE_MAX:
+                self._raw_children.clear()
+            self._raw_children[key] = child
+        return child
 
     def parse_error(self, reason: str) -> None:
         self._error_children[parse_error_category(reason)].inc()

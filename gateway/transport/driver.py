@@ -119,6 +119,10 @@ class SipDriver:
         self.addresses: list[tuple[str, str, int]] = []
         self._ports: list[Any] = []  # IListeningPort
         self._udp: list[SipDatagramProtocol] = []
+        # per address family (v6?), the UDP sockets that can send to it; reset on listen
+        self._udp_by_family: dict[bool, list[SipDatagramProtocol]] = {}
+        self._udp_many = False  # more than two UDP sockets: remember each peer's socket
+        self._ip_literal: dict[str, bool] = {}
         self._peer_socket: OrderedDict[tuple[str, int], SipDatagramProtocol] = OrderedDict()
         self._flows: dict[FlowId, SipStreamProtocol] = {}
         self._by_remote: dict[tuple[str, str, int], FlowId] = {}
@@ -144,6 +148,8 @@ class SipDriver:
         proto.port = bound
         self._ports.append(lp)
         self._udp.append(proto)
+        self._udp_by_family.clear()
+        self._udp_many = len(self._udp) > 2
         self.addresses.append(("UDP", host, bound))
         return bound
 
@@ -256,7 +262,7 @@ class SipDriver:
     def datagram_received(self, sock: SipDatagramProtocol, data: bytes, peer: Peer) -> None:
         if self._metrics is not None:
             self._metrics.raw_received("UDP", data)
-        if len(self._udp) > 2:
+        if self._udp_many:
             key = (peer.host, peer.port)
             self._peer_socket[key] = sock
             self._peer_socket.move_to_end(key)
@@ -265,12 +271,19 @@ class SipDriver:
         self._stack.receive_datagram(data, peer, self.now())
         self.flush()
 
+    def _udp_candidates(self, v6: bool) -> list[SipDatagramProtocol]:
+        same = self._udp_by_family.get(v6)
+        if same is None:
+            same = [s for s in self._udp if (s.family == socket.AF_INET6) == v6]
+            if not v6:
+                # a dual-stack IPv6 wildcard socket can reach IPv4 peers as a last resort
+                same = same or [s for s in self._udp
+                                if s.family == socket.AF_INET6 and s.wildcard]
+            self._udp_by_family[v6] = same
+        return same
+
     def _udp_socket_for(self, host: str, port: int) -> SipDatagramProtocol | None:
-        v6 = is_ipv6(host)
-        same = [s for s in self._udp if (s.family == socket.AF_INET6) == v6]
-        if not v6:
-            # a dual-stack IPv6 wildcard socket can reach IPv4 peers as a last resort
-            same = same or [s for s in self._udp if s.family == socket.AF_INET6 and s.wildcard]
+        same = self._udp_candidates(is_ipv6(host))
         if len(same) <= 1:
             return same[0] if same else None
         cached = self._peer_socket.get((host, port))
@@ -286,7 +299,7 @@ class SipDriver:
         return same[0]
 
     def _send_udp(self, data: bytes, peer: Peer) -> None:
-        if not (isIPAddress(peer.host) or isIPv6Address(peer.host)):
+        if not self._is_ip_literal(peer.host):
             self._resolve_then_send(data, peer)
             return
         sock = self._udp_socket_for(peer.host, peer.port)
@@ -299,6 +312,15 @@ class SipDriver:
         except (OSError, ValueError, MessageLengthError) as e:
             log.info("UDP send to {peer} failed: {error}", peer=str(peer), error=str(e))
             self._transport_error(peer)
+
+    def _is_ip_literal(self, host: str) -> bool:
+        known = self._ip_literal.get(host)
+        if known is None:
+            known = isIPAddress(host) or isIPv6Address(host)
+            if len(self._ip_literal) >= _PEER_SOCKET_CACHE:
+                self._ip_literal.clear()
+            self._ip_literal[host] = known
+        return known
 
     def _resolve_then_send(self, data: bytes, peer: Peer) -> None:
         # sent-by / maddr may name a host (§18.2.2); resolution is async, the send follows.
@@ -469,6 +491,8 @@ class SipDriver:
                 waits.append(d)
         self._ports.clear()
         self._udp.clear()
+        self._udp_by_family.clear()
+        self._udp_many = False
         for conn in list(self._flows.values()):
             waits.append(conn.when_closed())
             conn.close(abort=True)

@@ -7,9 +7,12 @@ which socket. No SIP rules live here.
 
 from __future__ import annotations
 
+import errno
 import socket
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
 
 from gateway.sip.peer import Peer
@@ -43,18 +46,44 @@ class SipDatagramProtocol(DatagramProtocol):
         self.host = host
         self.family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
         self.port = 0
+        self._sendto: Callable[[bytes, tuple[str, int]], int] | None = None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802 - Twisted API
         # addr is (host, port) for IPv4 and (host, port, flowinfo, scope_id) for IPv6
-        peer = Peer("UDP", normalise_host(addr[0]), addr[1])
-        self._sink.datagram_received(self, datagram, peer)
+        host = addr[0]
+        if host.startswith("::ffff:"):
+            host = normalise_host(host)
+        self._sink.datagram_received(self, datagram, Peer("UDP", host, addr[1]))
+
+    def startProtocol(self) -> None:  # noqa: N802 - Twisted API
+        # The hot path writes to the socket itself: Twisted's Port.write re-validates the
+        # address (three isIPAddress calls) on every datagram, which the driver has done.
+        sock = getattr(self.transport, "socket", None)
+        self._sendto = sock.sendto if isinstance(sock, socket.socket) else None
+
+    def stopProtocol(self) -> None:  # noqa: N802 - Twisted API
+        self._sendto = None
 
     def send(self, data: bytes, host: str, port: int) -> None:
-        """Write one datagram; raises OSError/ValueError/MessageLengthError on failure."""
+        """Write one datagram; raises OSError/ValueError/MessageLengthError on failure.
+
+        ``host`` is an IP address literal (the driver resolves names first).
+        """
         if self.family == socket.AF_INET6 and not is_ipv6(host):
             host = "::ffff:" + host  # a dual-stack IPv6 socket reaches IPv4 peers this way
-        transport: Any = self.transport  # IUDPTransport; zope interfaces are not mypy types
-        transport.write(data, (host, port))
+        sendto = self._sendto
+        if sendto is None:
+            transport: Any = self.transport  # IUDPTransport; zope interfaces aren't mypy types
+            transport.write(data, (host, port))
+            return
+        try:
+            sendto(data, (host, port))  # EINTR is retried by Python itself (PEP 475)
+        except OSError as e:
+            if e.errno == errno.EMSGSIZE:
+                raise MessageLengthError("message too long") from None
+            if e.errno != errno.ECONNREFUSED:
+                raise
+            # ECONNREFUSED: ICMP for an earlier datagram, meaningless on unconnected UDP
 
     @property
     def wildcard(self) -> bool:
