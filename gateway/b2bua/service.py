@@ -752,9 +752,12 @@ class B2BUA:
         self.gw.driver.send_ack_2xx(ack, leg.get_peer())
 
     # -- CANCEL ---------------------------------------------------------------------------
-    async def _handle_cancel_request(self, event: RequestReceived) -> SipResponse:
+    async def _handle_cancel_request(self, event: RequestReceived) -> None:
         request = event.request
         out = self._outbound.get(event.cancels) if event.cancels else None
+        # RFC 3261 §9.2: the CANCEL's 200 first, then the INVITE's 487 (phones and SIPp
+        # scenarios expect that order)
+        self._respond(event.key, build_response(request, 200))
         if out is not None and not out.finished:
             out.finished = True
             self._forget_outbound(out)
@@ -766,7 +769,7 @@ class B2BUA:
                 self._spawn(self._backend_cancel(out))
         elif event.cancels is not None:
             self._respond(event.cancels, self._fail(request, 487))
-        return build_response(request, 200)
+        return None
 
     async def _backend_cancel(self, out: _Outbound) -> None:
         if not out.backend_call_id:

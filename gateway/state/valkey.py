@@ -3,7 +3,11 @@
 Started on a unix socket inside the data directory with append-only-file
 persistence, so a gateway restart keeps every registration, pairing and dialog.
 Optionally also on a loopback TCP port (tests, a second node, benchmarks).
-The server is our child process: we stop it by its PID, and only it.
+The server is our child process: we stop it by its PID, and only it. A gateway
+killed abruptly (SIGKILL, OOM) leaves its server running, orphaned, on the same
+append-only file; the next start finds it by its pid file, checks it is a
+valkey-server working in this data directory, and shuts it down (SIGTERM, which
+flushes the AOF) before starting its own, so two servers never share one AOF.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class EmbeddedValkey:
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
                 self.tcp_port = s.getsockname()[1]
+        self.stop_orphan(timeout)
         if self.socket_path.exists():
             self.socket_path.unlink()
         args = [
@@ -80,6 +85,7 @@ class EmbeddedValkey:
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
             "--logfile", str(self.data_dir / "valkey.log"),
+            "--pidfile", str(self.pid_path),
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
@@ -94,6 +100,49 @@ class EmbeddedValkey:
             time.sleep(0.02)
         self.stop()
         raise RuntimeError("valkey-server did not answer PING in time")
+
+    @property
+    def pid_path(self) -> Path:
+        return self.data_dir / "valkey.pid"
+
+    def orphan_pid(self) -> int | None:
+        """The PID of a valkey-server a previous, abruptly ended process left running in
+        this data directory, or None."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if pid <= 0 or (self.process is not None and pid == self.process.pid):
+            return None
+        try:  # valkey chdirs into --dir: its cwd names the data directory it serves
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+            exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+            return None  # gone, or not ours to inspect
+        if "valkey" not in exe or Path(cwd) != self.data_dir.resolve():
+            return None  # the PID was reused by something else
+        return pid
+
+    def stop_orphan(self, timeout: float = 5.0) -> None:
+        """Shut down the server an abruptly ended process left in this data directory."""
+        pid = self.orphan_pid()
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.orphan_pid() is None:
+                return
+            time.sleep(0.02)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        while self.orphan_pid() is not None and time.monotonic() < deadline + timeout:
+            time.sleep(0.02)
 
     def _ping(self) -> bool:
         try:
