@@ -367,8 +367,13 @@ def _entra_settings(gateway: Any) -> tuple[EntraSettings, Any]:
     directory = load_directory(cfg.backend.directory or default_directory_path())
     settings = DevIdpSettings(interval=max(1, ic.devidp_interval),
                               code_ttl=max(10, ic.devidp_code_ttl))
+    from gateway.transport.certs import ensure_dev_certificate
+
+    # One development CA for the whole gateway (SIP over TLS and the provider).
+    tls = ensure_dev_certificate(cfg.data_path)
     idp = start_devidp(cfg.data_path, ic.devidp_host, ic.devidp_port, directory,
-                       gateway.reactor, settings=settings, client_ids=[ic.client_id])
+                       gateway.reactor, settings=settings, client_ids=[ic.client_id],
+                       tls=tls)
     gateway.listening.append(Listening("idp", "https", ic.devidp_host, idp.port))
     tenants = sorted(directory.tenants)
     tenant_id = ic.tenant_id or (tenants[0] if tenants else "")

@@ -47,7 +47,7 @@ from twisted.web.iweb import IRequest
 
 from gateway.backend.directory import Directory, Tenant, User, verify_password
 from gateway.identity.devidp.keys import SigningKeys
-from gateway.transport.certs import ensure_dev_certificate, server_tls_options
+from gateway.transport.certs import TlsFiles, ensure_dev_certificate, server_tls_options
 
 log = logging.getLogger(__name__)
 
@@ -641,17 +641,21 @@ class DevIdp:
 def start_devidp(data_dir: Path | str, host: str, port: int, directory: Directory,
                  reactor: Any, clock: Callable[[], float] = time.time,
                  settings: DevIdpSettings | None = None,
-                 client_ids: Collection[str] | None = None) -> DevIdp:
+                 client_ids: Collection[str] | None = None,
+                 tls: TlsFiles | None = None) -> DevIdp:
     """Start the provider on ``host:port`` (0 = ephemeral) with TLS material in ``data_dir``.
 
-    The CA certificate msal and the gateway must trust is ``DevIdp.ca_file``.
+    ``tls`` reuses existing development certificates (the gateway passes its own, so
+    one development CA covers SIP over TLS and the provider); by default a CA and
+    certificate are made under ``data_dir/devidp``. The CA certificate msal and the
+    gateway must trust is ``DevIdp.ca_file``.
     """
     settings = settings or DevIdpSettings()
     if client_ids is not None:
         settings = DevIdpSettings(**{**_settings_dict(settings),
                                      "client_ids": frozenset(client_ids)})
     base = Path(data_dir)
-    tls = ensure_dev_certificate(base / "devidp")
+    tls = tls or ensure_dev_certificate(base / "devidp")
     keys = SigningKeys(base / "devidp" / "keys")
     state = _State(directory, keys, settings, clock)
     site = server.Site(_Root(state))

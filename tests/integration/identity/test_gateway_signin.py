@@ -64,7 +64,7 @@ class Served:
 
     @property
     def ca_file(self) -> Path:
-        return self.gw.data_dir / "devidp" / "tls" / "dev-ca.crt"
+        return self.gw.data_dir / "tls" / "dev-ca.crt"  # the gateway's one dev CA
 
     @property
     def idp_url(self) -> str:
