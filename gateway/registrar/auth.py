@@ -5,11 +5,14 @@ policy: both algorithms challenged, the same challenge for everyone (the
 nonce does not depend on the user), and a dummy HA1 so that an unknown user
 costs the same hashing as a known one.
 
-Challenge order (RFC 8760 §2.4: the server lists them in its order of
-preference) defaults to MD5 first: deployed desk phones and SIPp 3.6 read
-only the first ``WWW-Authenticate`` and know only MD5, so SHA-256 first locks
-them out. An operator whose fleet speaks SHA-256 passes
-``algorithms=("SHA-256", "MD5")``.
+Which algorithms are challenged is the operator's choice (RFC 8760 §2.4: in
+order of preference, one ``WWW-Authenticate`` each); the default is MD5 alone.
+Deployed clients break on anything else: libre/baresip 1.0 fails the whole
+registration ("Function not implemented") when any challenge names an
+algorithm it lacks, and SIPp 3.6 reads only the first challenge and knows
+only MD5. Both HA1s are always provisioned, so a fleet that speaks SHA-256
+turns it on with ``algorithms=("SHA-256", "MD5")`` without re-provisioning;
+an answer using SHA-256 is accepted even when only MD5 was offered.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from gateway.sip.digest import (
 )
 from gateway.sip.message import SipRequest
 
-# RFC 8760 §2.4 order of preference; see the module docstring for why MD5 leads.
-DEFAULT_ALGORITHMS: tuple[str, ...] = ("MD5", "SHA-256")
+# Challenged by default; see the module docstring for why SHA-256 is opt-in.
+DEFAULT_ALGORITHMS: tuple[str, ...] = ("MD5",)
 
 
 class AuthStatus(enum.Enum):

@@ -141,7 +141,8 @@ class Env:
         r = connect(self.redis_url)
         devices = DeviceStore(r, REALM, clock=self.clock)
         reg = Registrar(BindingStore(r), devices,
-                        DigestAuthenticator(REALM, [SECRET], self.config.nonce_ttl),
+                        DigestAuthenticator(REALM, [SECRET], self.config.nonce_ttl,
+                                            algorithms=("SHA-256", "MD5")),
                         AbuseGuard(r, self.config.guard), self.policy, self.config,
                         self.metrics if node == "node-a" else None,
                         clock=self.clock)

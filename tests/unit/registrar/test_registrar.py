@@ -42,9 +42,16 @@ def test_first_register_challenges_both_algorithms(env: Env) -> Deferred[None]:
                                          "n")
         assert resp.status == 401
         chs = [DigestChallenge.parse(v) for v in resp.headers.get_raw("WWW-Authenticate")]
-        assert [c.algorithm for c in chs] == ["MD5", "SHA-256"]
+        # the harness opts in to SHA-256 (RFC 8760 §2.4: preference order) ...
+        assert [c.algorithm for c in chs] == ["SHA-256", "MD5"]
         assert {c.nonce for c in chs} == {chs[0].nonce} and all(c.qop == "auth" for c in chs)
         assert all(c.realm == REALM for c in chs)
+        # ... the default challenges MD5 alone (interop: libre aborts on unknown algorithms)
+        from gateway.registrar.auth import DigestAuthenticator
+        plain = DigestAuthenticator(REALM, [b"k" * 32], 300)
+        assert [DigestChallenge.parse(v).algorithm for v in plain.challenges(0.0)] == ["MD5"]
+        with pytest.raises(ValueError):
+            DigestAuthenticator(REALM, [b"k" * 32], 300, algorithms=("SHA-512",))
         await r.aclose()
     return arun(body())
 
