@@ -849,8 +849,9 @@ class B2BUA:
     async def _target_refresh(self, request: SipRequest, leg: Leg, peer: Peer
                               ) -> SipResponse:
         """re-INVITE or UPDATE (RFC 3261 §14.2, RFC 3311 §5.2): hold/resume and session
-        refresh. The backend has no re-offer API, so the answer is our last SDP with the
-        direction mirrored (RFC 3264 §8.4)."""
+        refresh. A new offer goes to the backend's re-offer API, whose answer we relay;
+        a backend without it (404/501) or out of reach gets the local answer: our last
+        SDP with the direction mirrored (RFC 3264 §8.4)."""
         dialog = leg.get_dialog()
         try:
             dialog.receive_request(request)
@@ -863,7 +864,20 @@ class B2BUA:
             previous = _parse_sdp(leg.local_sdp)
             if offer is None:
                 return self._fail(request, 488, "malformed SDP offer")
-            if previous is not None:
+            relayed: str | None = None
+            try:
+                relayed = await self.gw.backend.reoffer(leg.backend_call_id, leg.endpoint_id,
+                                                        sdp_text)
+            except BackendError as e:
+                if e.status not in (404, 501):
+                    st, phrase, warning = backend_error_to_sip(e.status, e.code, e.message)
+                    return self._fail(request, st, warning, reason=reason_header(st, phrase))
+            except BackendUnavailable as e:
+                log.info("re-offer of %s answered locally: %s", leg.backend_call_id, e)
+            if relayed is not None:
+                leg.local_sdp = relayed
+                body = relayed.encode("utf-8")
+            elif previous is not None:
                 answer = mirror_answer(previous, offer)
                 leg.local_sdp = str(answer)
                 body = bytes(answer)

@@ -36,6 +36,8 @@ from gateway.backend.schema import (
     EndpointCreate,
     Event,
     Reject,
+    Reoffer,
+    ReofferAnswer,
     SchemaError,
     SimAction,
     SimCallCreate,
@@ -237,6 +239,14 @@ class BackendClient:
         return await self._typed("answer", Call, "POST", f"/v1/calls/{_q(call_id)}/answer",
                                  Answer(endpoint_id=endpoint_id,
                                         sdp_answer=sdp_answer).to_json())
+
+    async def reoffer(self, call_id: str, endpoint_id: str, sdp_offer: str) -> str:
+        """Re-offer a connected call's session (hold/resume/refresh); returns the SDP answer."""
+        answer = await self._typed("reoffer", ReofferAnswer, "POST",
+                                   f"/v1/calls/{_q(call_id)}/reoffer",
+                                   Reoffer(endpoint_id=endpoint_id,
+                                           sdp_offer=sdp_offer).to_json())
+        return answer.sdp_answer
 
     async def reject(self, call_id: str, endpoint_id: str, reason: str = "declined") -> Call:
         return await self._typed("reject", Call, "POST", f"/v1/calls/{_q(call_id)}/reject",

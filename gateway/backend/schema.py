@@ -45,7 +45,8 @@ END_REASONS = frozenset({
 })
 EVENT_TYPES = frozenset({
     "call.incoming", "call.ringing", "call.answered", "call.ended", "call.cancelled",
-    "call.rejected", "call.dtmf", "endpoint.dnd", "endpoint.online", "endpoint.offline",
+    "call.rejected", "call.dtmf", "call.reoffer", "endpoint.dnd", "endpoint.online",
+    "endpoint.offline",
 })
 RESERVED_EVENT_TYPES = frozenset({
     "voicemail.deposited", "voicemail.mwi", "meeting.joined", "meeting.left",
@@ -393,6 +394,42 @@ class Answer:
         _only(o, {"endpoint_id", "sdp_answer"}, "answer")
         return cls(endpoint_id=_str(o, "endpoint_id", max_len=MAX_ID, pattern=_ID),
                    sdp_answer=_sdp(o, "sdp_answer"))
+
+
+@dataclass(frozen=True, slots=True)
+class Reoffer:
+    """``POST /v1/calls/{id}/reoffer``: a party of a connected call offers a new session
+    description (RFC 3264 §8: hold, resume, session refresh); the answer comes back in
+    ``ReofferAnswer`` and the other party gets a ``call.reoffer`` event."""
+
+    endpoint_id: str
+    sdp_offer: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"endpoint_id": self.endpoint_id, "sdp_offer": self.sdp_offer}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Self:
+        o = _obj(obj, "reoffer")
+        _only(o, {"endpoint_id", "sdp_offer"}, "reoffer")
+        return cls(endpoint_id=_str(o, "endpoint_id", max_len=MAX_ID, pattern=_ID),
+                   sdp_offer=_sdp(o, "sdp_offer"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReofferAnswer:
+    """Response of ``POST /v1/calls/{id}/reoffer``: the RFC 3264 answer to the re-offer."""
+
+    sdp_answer: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"sdp_answer": self.sdp_answer}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Self:
+        o = _obj(obj, "reoffer answer")
+        _only(o, {"sdp_answer"}, "reoffer answer")
+        return cls(sdp_answer=_sdp(o, "sdp_answer"))
 
 
 @dataclass(frozen=True, slots=True)

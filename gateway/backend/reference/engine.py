@@ -42,8 +42,10 @@ from gateway.backend.schema import (
     EndpointCreate,
     Event,
     Reject,
+    Reoffer,
     Target,
 )
+from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer
 
 log = logging.getLogger("sipgw.backend")
 
@@ -562,6 +564,39 @@ class CallEngine:
                                               exclude=body.endpoint_id)
         await self.publish(events)
         return await self.get_call(cid)
+
+    async def reoffer(self, cid: str, body: Reoffer) -> str:
+        """``POST /v1/calls/{id}/reoffer``: a party re-offers (hold, resume, refresh).
+
+        The answer is the other side's current SDP with each stream's direction
+        mirrored (RFC 3264 §8.4: ``sendonly`` gets ``recvonly``, ``inactive`` stays)
+        and its version one above the answer this endpoint last got (§8). The offer
+        becomes this party's current SDP and the other party gets ``call.reoffer``."""
+        call = await self.get_call(cid)
+        eid = body.endpoint_id
+        if not eid or eid not in (call.from_endpoint, call.answered_endpoint):
+            raise ApiFailure(403, "not_a_party", f"{eid} is not a party of call {cid}")
+        if call.state != "connected":
+            raise ApiFailure(409, "call_not_connected", f"call {cid} is {call.state}")
+        key = self._call_key(cid)
+        caller = eid == call.from_endpoint
+        mine, theirs = ("sdp_offer", "sdp_answer") if caller else ("sdp_answer", "sdp_offer")
+        other, last = await self.redis.hmget(key, [theirs, f"reoffer_answer:{eid}"])
+        try:
+            offer = SessionDescription.parse(body.sdp_offer)
+        except SdpError as e:
+            raise ApiFailure(400, "bad_request", f"sdp_offer: {e}") from None
+        try:
+            base = SessionDescription.parse(_s(last) or _s(other))
+        except SdpError:  # a simulated party without a usable SDP answers afresh
+            base = SessionDescription.parse(simulated_answer(body.sdp_offer))
+        answer = str(mirror_answer(base, offer))
+        await self.redis.hset(key, mapping={mine: body.sdp_offer,
+                                            f"reoffer_answer:{eid}": answer})
+        events = self._other_party_events(call, eid, "call.reoffer", sdp=body.sdp_offer)
+        if events:
+            await self.publish(events)
+        return answer
 
     async def reject(self, cid: str, body: Reject) -> Call:
         call = await self._offered_endpoint(cid, body.endpoint_id)

@@ -46,6 +46,8 @@ from gateway.backend.schema import (
     EndpointCreate,
     PolicyInfo,
     Reject,
+    Reoffer,
+    ReofferAnswer,
     SchemaError,
     SimAction,
     SimCallCreate,
@@ -173,6 +175,11 @@ class Api:
                      q: dict[bytes, list[bytes]]) -> tuple[int, Any]:
         return 200, (await self.engine.answer(_cid(p), Answer.from_json(b))).to_json()
 
+    async def reoffer(self, p: dict[str, str], b: dict[str, Any],
+                      q: dict[bytes, list[bytes]]) -> tuple[int, Any]:
+        answer = await self.engine.reoffer(_cid(p), Reoffer.from_json(b))
+        return 200, ReofferAnswer(sdp_answer=answer).to_json()
+
     async def reject(self, p: dict[str, str], b: dict[str, Any],
                      q: dict[bytes, list[bytes]]) -> tuple[int, Any]:
         return 200, (await self.engine.reject(_cid(p), Reject.from_json(b))).to_json()
@@ -246,6 +253,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/calls/{call_id}", Api.get_call),
     Route("POST", "/v1/calls/{call_id}/answer", Api.answer),
     Route("POST", "/v1/calls/{call_id}/reject", Api.reject),
+    Route("POST", "/v1/calls/{call_id}/reoffer", Api.reoffer),
     Route("POST", "/v1/calls/{call_id}/cancel", Api.cancel),
     Route("POST", "/v1/calls/{call_id}/hangup", Api.hangup),
     Route("POST", "/v1/calls/{call_id}/ringing", Api.ringing),

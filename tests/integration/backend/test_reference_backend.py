@@ -165,6 +165,54 @@ async def test_phone_calls_teams_user_and_hangs_up(redis_url: str) -> None:
 
 
 @run
+async def test_reoffer_hold_resume_mirrors_direction_and_tells_other_party(
+        redis_url: str) -> None:
+    """RFC 3264 §8.4: a sendonly re-offer (hold) is answered recvonly from the other side's
+    SDP, resume sendrecv; versions rise by one; the other party gets call.reoffer."""
+    from gateway.sip.sdp import Direction, SessionDescription
+
+    async with backend(redis_url) as env:
+        await phone(env, ALICE.oid, "alice-desk")
+        bob_sim = await env.client.sim_client(BOB.upn)
+        call = await env.client.create_call(CallCreate(
+            from_user=ALICE.oid, from_endpoint="alice-desk",
+            target=Target(kind="user", value=BOB.upn), sdp_offer=OFFER))
+        with pytest.raises(BackendError) as early:  # not connected yet
+            await env.client.reoffer(call.call_id, "alice-desk", OFFER)
+        assert early.value.status == 409 and early.value.code == "call_not_connected"
+        await env.expect(ev_is("call.incoming", bob_sim.endpoint_id, call.call_id))
+        await env.client.sim_answer(bob_sim.endpoint_id, call.call_id)
+        ans = await env.expect(ev_is("call.answered", "alice-desk", call.call_id))
+        first = SessionDescription.parse(ans.sdp)
+
+        hold = OFFER.replace("o=phone 1 1", "o=phone 1 2") + "a=sendonly\r\n"
+        held = SessionDescription.parse(await env.client.reoffer(call.call_id, "alice-desk",
+                                                                 hold))
+        assert held.media_direction(held.media[0]) is Direction.RECVONLY
+        assert held.media[0].port == first.media[0].port  # the other side's SDP, mirrored
+        assert held.origin_version == first.origin_version + 1
+        ev = await env.expect(ev_is("call.reoffer", bob_sim.endpoint_id, call.call_id))
+        assert ev.sdp == hold
+
+        resume = OFFER.replace("o=phone 1 1", "o=phone 1 3") + "a=sendrecv\r\n"
+        resumed = SessionDescription.parse(await env.client.reoffer(
+            call.call_id, "alice-desk", resume))
+        assert resumed.media_direction(resumed.media[0]) is Direction.SENDRECV
+        assert resumed.origin_version == first.origin_version + 2
+        await env.expect(ev_is("call.reoffer", bob_sim.endpoint_id, call.call_id))
+
+        with pytest.raises(BackendError) as stranger:
+            await env.client.reoffer(call.call_id, "someone-else", OFFER)
+        assert stranger.value.status == 403 and stranger.value.code == "not_a_party"
+        with pytest.raises(BackendError) as bad:
+            await env.client.reoffer(call.call_id, "alice-desk", "v=0\r\nm=broken\r\n")
+        assert bad.value.status == 400
+        with pytest.raises(BackendError) as gone:
+            await env.client.reoffer("nosuchcall", "alice-desk", OFFER)
+        assert gone.value.status == 404
+
+
+@run
 async def test_reject_busy_and_declined(redis_url: str) -> None:
     async with backend(redis_url) as env:
         await phone(env, BOB.oid, "bob-desk")

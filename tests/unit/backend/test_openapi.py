@@ -53,6 +53,8 @@ SAMPLES: dict[str, Any] = {
     "EndpointAction": s.EndpointAction(endpoint_id="e"),
     "Answer": s.Answer(endpoint_id="e", sdp_answer="v=0"),
     "Reject": s.Reject(endpoint_id="e"),
+    "Reoffer": s.Reoffer(endpoint_id="e", sdp_offer="v=0"),
+    "ReofferAnswer": s.ReofferAnswer(sdp_answer="v=0"),
     "Dtmf": s.Dtmf(endpoint_id="e", digits="1"),
     "CallingPolicy": s.PolicyInfo(True, True),
     "Tenant": s.TenantInfo("t", "n", "d", "commercial", True, True),
