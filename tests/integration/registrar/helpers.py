@@ -143,15 +143,17 @@ class UdpPhone:
             lines.append(f"Authorization: {auth}")
         return ("\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
-    def _exchange(self, data: bytes) -> SipResponse:
-        self.sock.sendto(data, (self.host, self.port))
+    def _exchange(self, data: bytes, to: tuple[str, int] | None = None) -> SipResponse:
+        self.sock.sendto(data, to or (self.host, self.port))
         while True:
             reply, _ = self.sock.recvfrom(65535)
             msg = parse_message(reply)
             if isinstance(msg, SipResponse) and msg.status >= 200:
                 return msg
 
-    def register(self, expires: int = 3600, contact: str | None = None) -> SipResponse:
+    def register(self, expires: int = 3600, contact: str | None = None, *,
+                 answer_to: tuple[str, int] | None = None) -> SipResponse:
+        """REGISTER and answer the challenge; ``answer_to`` sends the answer to another node."""
         resp = self._exchange(self._request(expires, None, contact))
         if resp.status != 401:
             return resp
@@ -166,7 +168,7 @@ class UdpPhone:
         auth = (f'Digest username="{self.user}", realm="{ch.realm}", nonce="{ch.nonce}", '
                 f'uri="{uri}", response="{digest}", algorithm={self.algorithm}, qop=auth, '
                 f'nc=00000001, cnonce="{cnonce}"')
-        return self._exchange(self._request(expires, auth, contact))
+        return self._exchange(self._request(expires, auth, contact), answer_to)
 
     def close(self) -> None:
         self.sock.close()
