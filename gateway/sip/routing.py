@@ -107,7 +107,10 @@ def response_peer(via: Via, source: Peer) -> Peer:
                     via.port or default_port(source.transport))
     if rport is not None:
         return Peer(source.transport, unbracket(via.host), rport)
-    return Peer(source.transport, unbracket(via.host), via.port or default_port(source.transport))
+    port = via.port or default_port(source.transport)
+    if port == source.port and via.host == source.host:
+        return source  # sent-by is where it came from: no new object per transaction
+    return Peer(source.transport, unbracket(via.host), port)
 
 
 def fallback_response_peer(via: Via, source: Peer) -> Peer:

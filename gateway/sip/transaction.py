@@ -484,6 +484,10 @@ class NonInviteServerTransaction(ServerTransaction):
 
     def _send_final(self, response: SipResponse, data: bytes, now: float) -> None:
         self._send(response, data, now)
+        if not self.reliable:
+            # Completed: only the bytes are needed for the next 32 s (Timer J). Dropping
+            # the request's cached views (top Via …) leaves fewer live objects for the GC.
+            self.request.invalidate()
         self._arm("J", self.cfg.timer_j(self.reliable), now)
 
     def _on_timer_j(self, now: float) -> None:

@@ -13,9 +13,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.sip import message as message_module
+from gateway.sip import timers as timers_module
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import VIA_PARTS_RE, Via
 from gateway.sip.message import ParseFailure, SipRequest, build_response, parse_message
+from gateway.sip.peer import Peer
+from gateway.sip.routing import response_peer
+from gateway.sip.timers import TimerHeap
 from gateway.sip.uas import options_response
 
 REGISTER = (
@@ -226,3 +230,38 @@ def test_serialise_states_the_body_length_once_in_place() -> None:
     assert b"Content-Length: 5\r\nExpires: 60\r\nContent-Type: text/plain\r\n\r\nhello" in data
     bare = build_response(req, 404)
     assert bytes(bare).endswith(b"Content-Length: 0\r\n\r\n")
+
+
+# -- timer heap compaction ---------------------------------------------------------------
+
+class _Owner:
+    def __init__(self) -> None:
+        self.timers: dict[str, int] = {}
+        self.fired: list[str] = []
+
+    def on_timer(self, letter: str, now: float) -> None:
+        self.fired.append(letter)
+
+
+def test_cancelled_timers_do_not_pile_up_and_live_ones_still_fire() -> None:
+    heap = TimerHeap()
+    live = [_Owner() for _ in range(3000)]
+    for o in live:
+        heap.schedule(o, "J", 100.0)
+    for _ in range(5):
+        dead = [_Owner() for _ in range(20000)]
+        for o in dead:
+            heap.schedule(o, "E", 50.0)
+            o.timers.pop("E")  # lazy cancellation, as the transactions do
+        assert len(heap) <= 2 * (3000 + 20000) + 2 * timers_module._COMPACT_EVERY
+    assert heap.run_due(100.0) == 3000
+    assert all(o.fired == ["J"] for o in live)
+    assert heap.next_time() is None
+
+
+def test_response_to_an_unchanged_sent_by_reuses_the_source_peer() -> None:
+    src = Peer("UDP", "192.0.2.1", 5060)
+    via = Via.parse("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1")
+    assert response_peer(via, src) is src
+    other = response_peer(Via.parse("SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1"), src)
+    assert other == Peer("UDP", "192.0.2.1", 5070)
