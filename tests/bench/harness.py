@@ -320,7 +320,7 @@ class Sipp:
     def __init__(self, scenario: str, target: tuple[str, int] | None, *,
                  calls: int = 0, rate: float = 0, limit: int = 0,
                  recv_timeout_ms: int = 2000, max_seconds: float = 60.0,
-                 extra: list[str] | None = None) -> None:
+                 extra: list[str] | None = None, port: int = 0, rtt: bool = False) -> None:
         self.scenario = HERE / "sipp" / scenario
         self.target = target
         self.calls = calls
@@ -329,7 +329,9 @@ class Sipp:
         self.recv_timeout_ms = recv_timeout_ms
         self.max_seconds = max_seconds
         self.extra = extra or []
-        self.port = free_udp_port()
+        # a fixed port: a registered phone whose calls the gateway trusts by source
+        self.port = port or free_udp_port()
+        self.rtt = rtt
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-sipp-"))
         self.stat = self.tmp / "stat.csv"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -354,7 +356,21 @@ class Sipp:
             cmd += ["-r", str(int(self.rate)), "-rp", "1000"]
         if self.limit:
             cmd += ["-l", str(self.limit)]
+        if self.rtt:  # every call's response-time (rtd) sample, in ms with SIPp's tick
+            cmd += ["-trace_rtt", "-rtt_freq", "1"]
         return cmd + self.extra
+
+    def rtt_ms(self) -> list[float]:
+        """The per-call response times of a run with ``rtt=True`` (SIPp's ``*_rtt.csv``:
+        ``date_ms;response_time_ms;rtd_no``)."""
+        out: list[float] = []
+        for path in self.tmp.glob("*_rtt.csv"):
+            for line in path.read_text(errors="replace").splitlines():
+                parts = line.split(";")
+                if len(parts) >= 2:
+                    with contextlib.suppress(ValueError):
+                        out.append(float(parts[1]))
+        return out
 
     def start(self) -> Sipp:
         self.proc = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,

@@ -53,6 +53,7 @@ from harness import (  # noqa: E402
     SippResult,
     cores_available,
     cpu_seconds,
+    free_udp_port,
     pin_prefix,
     rss_bytes,
 )
@@ -186,6 +187,8 @@ class Load:
     probe_args: list[str]
     limit_seconds: float = 0.5  # SIPp's outstanding-call cap, in seconds of load
     hold_seconds: float = 0.0  # -d: how long each call is held
+    port: int = 0  # SIPp's fixed local port (a registered phone); 0: any free port
+    rtt: bool = False  # latency from SIPp's per-call rtd (4 ms ticks) instead of the probe
 
 
 def run_step(server: Server, load: Load, rate: float, seconds: float, settings: Settings,
@@ -196,7 +199,9 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
     if load.hold_seconds:
         extra += ["-d", str(int(load.hold_seconds * 1000))]
     sipp = Sipp(load.scenario, (server.host, server.port), calls=calls, rate=rate,
-                limit=limit, max_seconds=seconds + load.hold_seconds + 20, extra=extra)
+                limit=limit, max_seconds=seconds + load.hold_seconds + 20, extra=extra,
+                port=load.port, rtt=load.rtt and probe)
+    probe = probe and bool(load.probe_kind)
     warm = min(1.0, seconds / 4)  # let SIPp reach its rate before sampling latency
     pr = (ProbeRun(server, load.probe_kind, warm + 0.3, max(0.5, seconds - warm - 0.3),
                    settings.probe_rate, load.probe_args) if probe else None)
@@ -220,6 +225,8 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
         cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         probe_result = pr.result() if pr is not None else {}
+        if sipp.rtt:
+            probe_result = rtt_summary(sipp.rtt_ms())
     finally:
         stop_rss.set()
         if pr is not None:
@@ -487,14 +494,103 @@ def invite_status(host: str, port: int) -> int | None:
     return None
 
 
+def rtt_summary(ms: list[float]) -> dict[str, Any]:
+    """p50/p99 of SIPp's per-call setup times (INVITE to 200), in the probe's format."""
+    if not ms:
+        return {"n": 0, "error": "SIPp recorded no response times"}
+    ms = sorted(ms)
+
+    def pct(q: float) -> float:
+        return ms[min(len(ms) - 1, int(q * len(ms)))] * 1000
+
+    return {"n": len(ms), "p50_us": pct(0.50), "p99_us": pct(0.99), "source": "sipp-rtd"}
+
+
+CALL_CALLER, CALL_CALLEE = "alice@contoso.example", "bob@contoso.example"
+
+
+async def _provision_pair(host: str, port: int) -> list[tuple[str, str, str]]:
+    """Two devices paired with Alice and Bob of the bundled directory: (user, password,
+    callee number) for the caller and (user, password, '') for the callee."""
+    from gateway.backend.directory import default_directory_path, load_directory
+    from gateway.registrar.admin import add_device
+    from gateway.registrar.devices import DeviceStore
+    from gateway.state.redis import connect
+
+    directory = load_directory(default_directory_path())
+    caller, callee = directory.user_by_upn(CALL_CALLER), directory.user_by_upn(CALL_CALLEE)
+    assert caller is not None and callee is not None and callee.number
+    redis = connect(f"redis://{host}:{port}/0")
+    out = []
+    try:
+        for i, user in enumerate((caller, callee)):
+            dev, password = await add_device(redis, f"00156599{i:04x}", "Yealink", "T54W",
+                                             user.tenant, REALM)
+            await DeviceStore(redis, REALM).set_paired(dev.device_id, user.oid)
+            out.append((dev.sip_username, password, callee.number if i == 0 else ""))
+    finally:
+        await redis.aclose()
+    return out
+
+
+def _register_from(g: GatewayServer, port: int, user: str, password: str, tmp: Path) -> None:
+    csv = write_devices_csv(tmp / f"reg-{port}.csv", [(user, password, USER_AGENT)])
+    reg = Sipp("register_uac.xml", (g.host, g.port), calls=1, rate=1, max_seconds=10,
+               port=port, extra=["-inf", str(csv)])
+    try:
+        one = reg.start().wait()
+    finally:
+        reg.cleanup()
+    if one.successful != 1:
+        why = (one.errors.strip().splitlines() or ["no 200"])[-1].split("\t")[-1]
+        raise NotAvailable(f"REGISTER of the bench phone failed: {why[-300:]}")
+
+
+def gateway_calls(settings: Settings) -> Outcome:
+    """SIPp UAC (Alice's registered phone) -> gateway -> reference backend -> gateway ->
+    SIPp UAS (Bob's registered phone). The latency probe cannot call from a registered
+    source, so setup latency is SIPp's own rtd (4 ms ticks)."""
+    with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp, \
+            gateway({"redis": {"embedded_tcp_port": 0},
+                     "backend": {"ring_timeout": 30}}) as g:
+        vk = g.valkey_tcp()
+        if vk is None:
+            raise NotAvailable("gateway printed no 'listening valkey tcp' line")
+        (a_user, a_pw, number), (b_user, b_pw, _) = asyncio.run(_provision_pair(*vk))
+        uac_port, uas_port = free_udp_port(), free_udp_port()
+        _register_from(g, uas_port, b_user, b_pw, Path(tmp))
+        _register_from(g, uac_port, a_user, a_pw, Path(tmp))
+        uas = Sipp("call_uas.xml", None, max_seconds=3600, port=uas_port,
+                   extra=["-s", b_user])
+        try:
+            uas.start()
+            load = Load("call_uac.xml", ["-s", number, "-key", "caller", a_user], "", [],
+                        limit_seconds=1.0, port=uac_port, rtt=True)
+            # the backend learns Bob's endpoint just after his REGISTER: first call gets through
+            deadline = time.monotonic() + 10
+            while True:
+                check = run_step(g, load, 5, 0.2, settings, probe=False)
+                if check.sipp.successful == 1:
+                    break
+                if time.monotonic() > deadline:
+                    raise NotAvailable("no call got through the gateway: "
+                                       + check.sipp.errors[-300:])
+            out = find_sustained(g, load, settings, start=100, ceiling=5_000)
+            if out.rate:
+                out.extra["held"] = held_dialogs(g, load, settings, out.rate)
+            return out
+        finally:
+            uas.cleanup()
+
+
 def bench_calls(settings: Settings) -> Row:
     say("== 4. Calls/s: SIPp UAC -> server -> SIPp UAS, INVITE...BYE without media")
     uas = Sipp("call_uas.xml", None, max_seconds=3600)
     km = Outcome("kamailio")
     try:
         uas.start()
-        load = Load("call_uac.xml", ["-s", "callee"], "call", ["--service", "callee"],
-                    limit_seconds=1.0)
+        load = Load("call_uac.xml", ["-s", "callee", "-key", "caller", "bench-caller"], "call",
+                    ["--service", "callee"], limit_seconds=1.0)
         with kamailio("proxy.cfg", defines={"BENCH_UAS": f"sip:127.0.0.1:{uas.port}"}) as k:
             km = find_sustained(k, load, settings, start=200, ceiling=20_000)
             if km.rate:
@@ -502,16 +598,13 @@ def bench_calls(settings: Settings) -> Row:
     finally:
         uas.cleanup()
     try:
-        with gateway() as g:
-            status = invite_status(g.host, g.port)
-            if status is None or status == 501:
-                raise NotAvailable(f"INVITE answered {status or 'nothing'}")
-            raise NotAvailable(f"INVITE answered {status}; the paired-device set-up for the "
-                               "B2BUA bench is not defined yet")
+        gw = gateway_calls(settings)
     except NotAvailable as e:
-        say(f"  sipgw: not available yet ({e})")
-        gw = Outcome("sipgw", note="not available yet")
-    row = compare("CALLS", gw, km, "-", lambda o, r: True)
+        say(f"  sipgw: not available ({e})")
+        gw = Outcome("sipgw", note="not available")
+    row = compare("CALLS", gw, km, ">= 200 calls/s, p99 setup < 100 ms",
+                  lambda o, r: (o.rate or 0) >= 200 and o.step is not None
+                  and (o.step.probe.get("p99_us") or 1e9) < 100_000)
     for o in (gw, km):
         held = o.extra.get("held")
         if held:
@@ -524,7 +617,7 @@ def held_dialogs(server: Server, load: Load, settings: Settings, sustained: floa
     rate = max(10.0, sustained * 0.5)
     hold = settings.held_calls / rate
     held = Load(load.scenario, load.sipp_args, load.probe_kind, load.probe_args,
-                limit_seconds=1.0, hold_seconds=hold)
+                limit_seconds=1.0, hold_seconds=hold, port=load.port)
     say(f"  {server.name}: holding {settings.held_calls:,} calls "
         f"({rate:,.0f}/s, each held {hold:.1f} s)")
     rss0 = rss_bytes(server.pid)
