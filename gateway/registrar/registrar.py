@@ -115,6 +115,7 @@ class RegistrarMetrics:
 # register script re-checks the HA1 at write time, so this bounds only extra work.
 _CRED_CACHE_TTL = 30.0
 _CRED_CACHE_MAX = 200_000
+_LOCAL_BLOCK_MAX = 10.0  # s a node answers a blocked source's challenges without Redis
 _HA1_FIELD = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256"}
 
 
@@ -361,7 +362,7 @@ class Registrar:
         """Map the register script's admission outcomes (shared across nodes) to SIP."""
         if outcome == "blocked_src":
             ttl = float(detail) / 1000 if detail.isdigit() else 60.0
-            self._remember_block(ip, now + ttl)
+            self._remember_block(ip, now + ttl, now)
             raise _Reject(403, "too many failed attempts from this address; try later")
         if outcome == "blocked_acct":
             raise _Reject(403, "too many failed attempts for this account; try later")
@@ -370,10 +371,12 @@ class Registrar:
             retry = max(1, int(g.rate_window - now % g.rate_window + 0.999))
             raise _Reject(503, "request rate limit exceeded", [("Retry-After", str(retry))])
 
-    def _remember_block(self, ip: str, until: float) -> None:
+    def _remember_block(self, ip: str, until: float, now: float) -> None:
+        # Held locally only briefly: an admin's unblock (in Redis) must take effect on every
+        # node soon; meanwhile the next authenticated attempt re-learns a live block.
         if len(self._blocked) > 65536:
             self._blocked.clear()
-        self._blocked[ip] = until
+        self._blocked[ip] = min(until, now + _LOCAL_BLOCK_MAX)
 
     # -- credentials -----------------------------------------------------------------------
     def _prefetch(self, username: str, now: float) -> None:
@@ -505,7 +508,7 @@ class Registrar:
             self._admission_reject(out.outcome, out.detail, ip, now)
         src_now, acct_now = out.detail.split(",") if "," in out.detail else ("0", "0")
         if src_now == "1":
-            self._remember_block(ip, now + g.block_seconds)
+            self._remember_block(ip, now + g.block_seconds, now)
         if self.metrics is not None:
             self.metrics.auth_failures.labels(reason).inc()
             if src_now == "1":
