@@ -99,6 +99,10 @@ def _encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+# Content-Length and Max-Forwards values seen on nearly every message, pre-converted.
+_SMALL_INTS = {str(i): i for i in range(256)}
+
+
 def _ascii_int(text: str, max_digits: int) -> int | None:
     text = text.strip(" \t")
     if not text or len(text) > max_digits or not text.isascii() or not text.isdigit():
@@ -426,7 +430,8 @@ def _slow_line(line: str, bad: list[str]) -> tuple[str, str]:
     n, c, v = line.partition(":")
     cname = (_NAME_CACHE.get(n) if c else None) or _slow_name(n, c, bad)
     item = (cname, v.strip(" \t"))
-    if cname and len(line) <= _LINE_CACHE_MAX_LEN:
+    # A Via line carries a fresh branch per transaction: caching it would only evict.
+    if cname and cname != "Via" and len(line) <= _LINE_CACHE_MAX_LEN:
         if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
             _LINE_CACHE.clear()
         _LINE_CACHE[line] = item
@@ -567,7 +572,9 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
     # Content-Length framing (§18.3, §20.14)
     clt = single.get("Content-Length")
     if clt is not None:
-        cl = _ascii_int(clt, 9)
+        cl = _SMALL_INTS.get(clt)
+        if cl is None:
+            cl = _ascii_int(clt, 9)
         if cl is None:
             raise fail(f"bad Content-Length {clt[:20]!r}")
         if cl > len(body):
@@ -623,7 +630,9 @@ def _parse(data: bytes, stream: bool) -> SipMessage:
                 _check_contacts(contacts)
         mf = single.get("Max-Forwards")
         if mf is not None:
-            hops = _ascii_int(mf, 10)
+            hops = _SMALL_INTS.get(mf)
+            if hops is None:
+                hops = _ascii_int(mf, 10)
             if hops is None or hops > 255:
                 raise SipParseError(f"bad Max-Forwards {mf[:20]!r}")
         ct = single.get("Content-Type")
