@@ -228,7 +228,9 @@ class _Common:
         v = self.headers.get(name)
         if v is None:
             return None
-        n = _ascii_int(v, 10)
+        n = _SMALL_INTS.get(v)
+        if n is None:
+            n = _ascii_int(v, 10)
         if n is None:
             raise SipParseError(f"bad {name} value {v.strip()[:20]!r}")
         return n
