@@ -60,8 +60,15 @@ class Credentials:
 
 
 def generate_credentials(username: str, realm: str) -> Credentials:
-    """A fresh random password (128 bits, URL-safe) and its HA1 per algorithm."""
+    """A fresh random password (128 bits, URL-safe) and its HA1 per algorithm.
+
+    Never starting with ``0x`` or ``-``: SIPp reads a ``0x`` password as hex, and
+    command-line tools take a leading ``-`` for an option (1 password in ~60 would
+    otherwise trip one of them); the entropy lost is a fraction of a bit.
+    """
     password = secrets.token_urlsafe(16)
+    while password.startswith(("0x", "0X", "-")):
+        password = secrets.token_urlsafe(16)
     return Credentials(username=username, password=password, realm=realm,
                        ha1_md5=compute_ha1(username, realm, password, "MD5"),
                        ha1_sha256=compute_ha1(username, realm, password, "SHA-256"))

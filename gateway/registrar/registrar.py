@@ -288,6 +288,9 @@ class Registrar:
                                            auth.ha1 if auth is not None else None, check)
         if status is AuthStatus.FAILED or auth is None or \
                 _unescape(to_uri.user) != creds.username:
+            log.info("digest check failed for %r from %s (%s)", _ascii(username, 64), peer,
+                     "unknown user" if auth is None else
+                     "To/username mismatch" if status is AuthStatus.OK else "wrong response")
             await self._count_failure(peer.host, username, "bad_credentials", now)
             raise _Reject(403, "authentication failed")
         if status is AuthStatus.STALE:

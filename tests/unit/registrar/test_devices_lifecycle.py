@@ -134,3 +134,11 @@ def test_stale_offboarding_and_reonboarding(env: Env) -> None:
             [fresh.device_id, again.device_id])
         await r.aclose()
     return arun(body())
+
+
+def test_generated_passwords_avoid_prefixes_tools_misread() -> None:
+    from gateway.registrar.devices import generate_credentials
+
+    for _ in range(3000):
+        pw = generate_credentials("u", "r").password
+        assert not pw.startswith(("0x", "0X", "-")) and len(pw) >= 22
