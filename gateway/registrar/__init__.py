@@ -12,6 +12,7 @@ from gateway.registrar.devices import (
     user_aor,
 )
 from gateway.registrar.guard import AbuseGuard, GuardConfig
+from gateway.registrar.keepalive import KeepAlive, KeepAliveReport
 from gateway.registrar.lifecycle import offboard_stale
 from gateway.registrar.registrar import (
     FirmwarePolicy,
@@ -19,11 +20,13 @@ from gateway.registrar.registrar import (
     Registrar,
     RegistrarConfig,
     RegistrarMetrics,
+    Registration,
 )
 
 __all__ = [
     "AbuseGuard", "AuthStatus", "Binding", "BindingStore", "Credentials", "Device",
     "DeviceError", "DeviceStore", "DigestAuthenticator", "FirmwarePolicy", "FirmwareVerdict",
-    "GuardConfig", "Registrar", "RegistrarConfig", "RegistrarMetrics", "generate_credentials",
-    "normalise_mac", "offboard_stale", "user_aor",
+    "GuardConfig", "KeepAlive", "KeepAliveReport", "Registrar", "RegistrarConfig",
+    "RegistrarMetrics", "Registration", "generate_credentials", "normalise_mac",
+    "offboard_stale", "user_aor",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -64,9 +64,10 @@ class Binding:
         return max(0, int(self.expires - now + 0.5))
 
     def to_json(self) -> str:
-        d = asdict(self)
+        # not dataclasses.asdict: it deep-copies every field, on the REGISTER hot path
+        d = {f: getattr(self, f) for f in _BINDING_FIELDS}
         d["path"] = list(self.path)
-        return json.dumps(d, separators=(",", ":"))
+        return _dumps(d)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Binding | None:
@@ -76,6 +77,10 @@ class Binding:
             return cls(**d)
         except (ValueError, TypeError, KeyError):
             return None
+
+
+_BINDING_FIELDS = tuple(f.name for f in fields(Binding))
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +189,7 @@ class BindingStore:
         detail = res[1].decode() if len(res) > 1 and isinstance(res[1], bytes) else ""
         if outcome != "ok":
             return RegisterResult(outcome, [], detail)
-        return RegisterResult("ok", _decode_live(res[2:], now))
+        return RegisterResult("ok", _decode_live(res[2:], now), detail)
 
     async def record_failure(self, source_ip: str, username: str | None, now: float, *,
                              guard: GuardConfig | None = None) -> RegisterResult:
@@ -420,7 +425,9 @@ if ARGV[13] == '1' then
   end
   retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]), now)
 end
-local out = {'ok', ''}
+-- the device's pairing, for listeners (e.g. the B2BUA's endpoint sync) to skip a read
+local su = redis.call('HMGET', KEYS[5], 'state', 'user')
+local out = {'ok', (su[1] or '') .. '\t' .. (su[2] or '')}
 for _, v in ipairs(redis.call('HVALS', KEYS[2])) do table.insert(out, v) end
 return out
 """

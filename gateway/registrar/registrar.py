@@ -119,6 +119,23 @@ _LOCAL_BLOCK_MAX = 10.0  # s a node answers a blocked source's challenges withou
 _HA1_FIELD = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256"}
 
 
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A successful REGISTER (RFC 3261 §10.3 step 8): what listeners are told.
+
+    ``bindings`` are the AOR's live bindings after the update (empty: all removed);
+    ``paired_user`` is the user the device is paired to, or "" when unpaired.
+    """
+
+    aor: str
+    device_id: str
+    username: str
+    node_id: str
+    source: Peer
+    bindings: tuple[Binding, ...]
+    paired_user: str
+
+
 class _Reject(Exception):
     def __init__(self, status: int, warning: str, headers: list[tuple[str, str]] | None = None,
                  ) -> None:
@@ -164,6 +181,8 @@ class Registrar:
         self._prefetching: dict[str, asyncio.Future[AuthRecord | None]] = {}
         self._results: dict[int, Any] = {}
         self._date: tuple[int, str] = (0, "")
+        # called after every successful REGISTER (not awaited: spawn work from them)
+        self.listeners: list[Callable[[Registration], None]] = []
 
     # -- public API --------------------------------------------------------------------
     async def handle_register(self, request: SipRequest, peer: Peer, node_id: str,
@@ -321,6 +340,12 @@ class Registrar:
                 reason = request.headers.get("Reason")
                 log.info("bindings removed for %s from %s%s", aor, peer,
                          f" (Reason: {_ascii(reason)})" if reason else "")
+            if self.listeners:
+                state, _, user = result.detail.partition("\t")
+                self._notify(Registration(
+                    aor=aor, device_id=auth.device_id, username=username, node_id=node_id,
+                    source=peer, bindings=tuple(result.bindings), paired_user=user
+                    if state == "paired" else ""))
             return self._ok(request, result.bindings, now, outbound=outbound, path=path)
         if outcome == "replay":
             # A reused nonce count: a replay, or a phone that never increments nc. Either way
@@ -341,6 +366,13 @@ class Registrar:
             raise _Reject(403, "authentication failed")
         self._admission_reject(outcome, result.detail, peer.host, now)
         raise _Reject(500, f"unexpected store outcome {outcome[:20]}")
+
+    def _notify(self, reg: Registration) -> None:
+        for listener in self.listeners:
+            try:
+                listener(reg)
+            except Exception:  # noqa: BLE001 - a listener's bug must not fail the REGISTER
+                log.exception("registration listener failed")
 
     # -- admission -----------------------------------------------------------------------
     def _admit_locally(self, ip: str, now: float) -> None:
@@ -644,4 +676,4 @@ def _verdict_fields(v: FirmwareVerdict, ua: str, now: float) -> dict[str, str]:
 
 
 __all__ = ["FirmwarePolicy", "FirmwareVerdict", "Registrar", "RegistrarConfig",
-           "RegistrarMetrics", "user_aor"]
+           "RegistrarMetrics", "Registration", "user_aor"]

@@ -70,3 +70,25 @@ def test_refreshed_binding_is_not_removed(env: Env) -> Deferred[None]:
         assert len(await reg.lookup(f"sip:{c.username}@{REALM}")) == 1
         await r.aclose()
     return arun(body())
+
+
+def test_listeners_hear_successful_registrations(env: Env) -> Deferred[None]:
+    async def body() -> None:
+        reg, r = env.make()
+        store = DeviceStore(r, REALM, clock=env.clock)
+        dev, c = await store.add("0004f2aa0200", "Poly", "VVX410", "t1")
+        heard: list[object] = []
+        reg.listeners.append(heard.append)
+        reg.listeners.append(lambda _: 1 / 0)  # a broken listener changes nothing
+        peer = Peer("UDP", "203.0.113.8", 5060)
+        assert (await env.register(reg, register_text(c.username), c.username, c.password,
+                                   peer=peer)).status == 200
+        await store.set_paired(dev.device_id, "alice@example.com")
+        assert (await env.register(reg, register_text(c.username, cseq=2, expires=0),
+                                   c.username, c.password, peer=peer)).status == 200
+        first, second = heard
+        assert first.device_id == dev.device_id and first.paired_user == ""  # type: ignore
+        assert len(first.bindings) == 1 and first.source == peer  # type: ignore
+        assert second.paired_user == "alice@example.com" and second.bindings == ()  # type: ignore
+        await r.aclose()
+    return arun(body())
