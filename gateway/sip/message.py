@@ -427,13 +427,25 @@ def _remember(valid: set[str], value: str) -> None:
     valid.add(value)
 
 
-def _slow_line(line: str, bad: list[str]) -> tuple[str, str]:
-    """Split one header line outside the line cache; ('', '') (and a reason) if bad."""
+_ODD_LINE = "folded line, bare CR or bare LF"
+
+
+def _slow_line(line: str, bad: list[str], fast: bool = False) -> tuple[str, str]:
+    """Split one header line outside the line cache; ('', '') (and a reason) if bad.
+
+    With ``fast`` (lines split at CRLF only, nothing unfolded yet) a
+    continuation line or one holding a bare CR/LF is reported as ``_ODD_LINE``
+    so that ``_fields`` redoes the head the general way. Such lines are never
+    cached, so a cache hit proves a line is a plain ``name: value``.
+    """
+    if fast and (line[:1] == " " or line[:1] == "\t" or "\r" in line or "\n" in line):
+        bad.append(_ODD_LINE)
+        return ("", "")
     n, c, v = line.partition(":")
     cname = (_NAME_CACHE.get(n) if c else None) or _slow_name(n, c, bad)
     item = (cname, v.strip(" \t"))
     # A Via line carries a fresh branch per transaction: caching it would only evict.
-    if cname and cname != "Via" and len(line) <= _LINE_CACHE_MAX_LEN:
+    if cname and cname != "Via" and len(line) <= _LINE_CACHE_MAX_LEN and "\r" not in line:
         if len(_LINE_CACHE) >= _LINE_CACHE_MAX:
             _LINE_CACHE.clear()
         _LINE_CACHE[line] = item
@@ -449,6 +461,25 @@ def _fields(data: bytes) -> tuple[str, list[tuple[str, str]], str | None, bytes]
         raise ParseFailure("empty message")
     head_raw, body = _split_head(data)
     head = _decode(head_raw)
+    lines = head.split("\r\n")
+    start = lines[0]
+    if len(lines) <= MAX_HEADERS and "\n" not in start and "\r" not in start:
+        # The common case, CRLF lines without folding, in one pass: most lines repeat
+        # verbatim from message to message (a phone's From, To, Contact, User-Agent,
+        # Allow …), and one dict lookup replaces split, strip and name lookup for them.
+        bad: list[str] = []
+        line_get = _LINE_CACHE.get
+        items = [line_get(line) or _slow_line(line, bad, True) for line in lines[1:]]
+        if not bad:
+            if "\x00" in head:
+                _check_nul(start, items, bad)
+            return start, items, (bad[0] if bad else None), body
+    return _fields_general(head, body)
+
+
+def _fields_general(head: str, body: bytes) -> tuple[str, list[tuple[str, str]], str | None,
+                                                      bytes]:
+    """``_fields`` for any head: folding, bare LF line ends, bare CR, malformed lines."""
     bad: list[str] = []
     if "\n " in head or "\n\t" in head:
         head = _FOLD_RE.sub(" ", head)  # §7.3.1 line folding
@@ -463,21 +494,22 @@ def _fields(data: bytes) -> tuple[str, list[tuple[str, str]], str | None, bytes]
     if len(lines) > MAX_HEADERS:
         raise ParseFailure(f"too many header fields ({len(lines) - 1})",
                            is_request=not lines[0][:4].upper().startswith("SIP/"))
-    # Most lines repeat verbatim from message to message (a phone's From, To,
-    # Contact, User-Agent, Allow …): one dict lookup replaces split, strip and
-    # name lookup for them. Only well-formed lines are cached.
     line_get = _LINE_CACHE.get
     items = [line_get(line) or _slow_line(line, bad) for line in lines[1:]]
     if bad:
         items = [it for it in items if it[0]]
     if "\x00" in head:
-        for n, v in items:
-            if _UNESCAPED_NUL_RE.search(v):
-                bad.append(f"NUL character in {n} header")
-                break
-        if "\x00" in lines[0]:
-            bad.append("NUL character in start line")
+        _check_nul(lines[0], items, bad)
     return lines[0], items, (bad[0] if bad else None), body
+
+
+def _check_nul(start: str, items: list[tuple[str, str]], bad: list[str]) -> None:
+    for n, v in items:
+        if _UNESCAPED_NUL_RE.search(v):
+            bad.append(f"NUL character in {n} header")
+            break
+    if "\x00" in start:
+        bad.append("NUL character in start line")
 
 
 def _request_line_problem(start: str) -> str:

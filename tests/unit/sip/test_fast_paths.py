@@ -8,6 +8,9 @@ input that tries to ride on a cached entry.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -265,3 +268,54 @@ def test_response_to_an_unchanged_sent_by_reuses_the_source_peer() -> None:
     assert response_peer(via, src) is src
     other = response_peer(Via.parse("SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bK1"), src)
     assert other == Peer("UDP", "192.0.2.1", 5070)
+
+
+# -- _fields: the CRLF fast path agrees with the general splitter --------------------------
+
+_FIXTURES = sorted((Path(__file__).resolve().parents[2] / "fixtures" / "sip").glob("*.sip"))
+
+
+def _both(data: bytes) -> tuple[object, object]:
+    def run(fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except ParseFailure as e:
+            return ("ParseFailure", e.reason, e.status)
+
+    def general() -> object:
+        raw = data.lstrip(b"\r\n")
+        if not raw:
+            raise ParseFailure("empty message")
+        head, body = message_module._split_head(raw)
+        return message_module._fields_general(message_module._decode(head), body)
+
+    return run(lambda: message_module._fields(data)), run(general)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_FIXTURES), st.lists(st.tuples(
+    st.integers(0, 2000), st.sampled_from(["\r", "\n", " ", "\t", "\r\n ", "\r\n\t", "\n ",
+                                           "\x00", ":", "\r\n", "\r\nX", "\r\r"])), max_size=3))
+def test_fast_field_split_equals_the_general_one(path: Path,
+                                                 edits: list[tuple[int, str]]) -> None:
+    data = path.read_bytes()
+    for pos, text in edits:
+        pos %= len(data)
+        data = data[:pos] + text.encode() + data[pos:]
+    for _ in range(2):  # the second time through, lines come from the cache
+        fast, general = _both(data)
+        assert fast == general
+
+
+@pytest.mark.parametrize("data", [
+    b"OPTIONS sip:a SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n  ;rport\r\n\r\n",
+    b"OPTIONS sip:a SIP/2.0\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\nTo: <sip:a@b>\n\n",
+    b"OPTIONS sip:a SIP/2.0\r\nTo: <sip:a@b>\rFrom: <sip:c@d>\r\n\r\n",
+    b"OPTIONS sip:a SIP/2.0\r\nTo: <sip:a@b>\nFrom: <sip:c@d>\r\n\r\n",
+    b"OPTIONS sip:a SIP/2.0\r\n\tTo: <sip:a@b>\r\n\r\n",
+])
+def test_odd_heads_take_the_general_path_even_after_caching(data: bytes) -> None:
+    # cache every plain line of the message first, then check the odd one
+    message_module._fields(data.replace(b"\r\n  ", b"\r\nX: ").replace(b"\r\n\t", b"\r\n"))
+    fast, general = _both(data)
+    assert fast == general
