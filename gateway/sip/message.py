@@ -13,7 +13,11 @@ Date, single-valued headers not repeated) so a malformed message is rejected
 at the transport, with a reason, rather than half-way through a transaction.
 For speed the common well-formed shapes are checked with one precompiled
 regular expression each, and typed objects (``Via``, ``NameAddr``, ``CSeq``)
-are built lazily on first access.
+are built lazily on first access (the top Via from the parser's own match).
+What repeats from message to message is done once: header lines are split
+and named through a bounded line cache, and From/To/Contact/Call-ID values
+already proven valid are remembered (validation is a pure function of the
+text). Heads with folding or bare CR/LF take the general, slower path.
 
 ``StreamParser`` frames messages on stream transports by Content-Length
 (§18.3): it copes with partial and pipelined messages and with the CRLF

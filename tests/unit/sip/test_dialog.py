@@ -8,18 +8,18 @@ from gateway.sip.dialog import Dialog, DialogError, DialogState, build_ack_for_2
 from gateway.sip.message import build_response, parse_message
 
 INVITE = (
-    "INVITE sip:bob@gw.example SIP/2.0\r\n"
-    "Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc\r\n"
-    "Record-Route: <sip:p2.example;lr>\r\n"
-    "Record-Route: <sip:p1.example;lr>\r\n"
-    "From: \"Alice\" <sip:alice@gw.example>;tag=a1\r\n"
-    "To: <sip:bob@gw.example>\r\n"
-    "Call-ID: c1@10.0.0.1\r\n"
-    "CSeq: 10 INVITE\r\n"
-    "Contact: <sip:alice@10.0.0.1:5060>\r\n"
-    "Max-Forwards: 70\r\n"
-    "Content-Length: 0\r\n\r\n"
-).encode()
+    b"INVITE sip:bob@gw.example SIP/2.0\r\n"
+    b"Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKabc\r\n"
+    b"Record-Route: <sip:p2.example;lr>\r\n"
+    b"Record-Route: <sip:p1.example;lr>\r\n"
+    b"From: \"Alice\" <sip:alice@gw.example>;tag=a1\r\n"
+    b"To: <sip:bob@gw.example>\r\n"
+    b"Call-ID: c1@10.0.0.1\r\n"
+    b"CSeq: 10 INVITE\r\n"
+    b"Contact: <sip:alice@10.0.0.1:5060>\r\n"
+    b"Max-Forwards: 70\r\n"
+    b"Content-Length: 0\r\n\r\n"
+)
 
 
 def invite():
