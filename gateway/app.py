@@ -210,6 +210,36 @@ class Gateway:
         from gateway.identity.service import attach_identity
         self.identity = await attach_identity(self)
         self._stoppers.append(self.identity.stop)
+        await self._start_admin()
+
+    async def _start_admin(self) -> None:
+        """Admin API + /ops + /healthz, and the `*55*<code>` enrollment feature code."""
+        from gateway.b2bua.dialplan import DialTarget, Feature
+        from gateway.ops.admin import attach_admin, make_enrollment
+
+        self.enrollment = make_enrollment(self)
+        enrollment = self.enrollment
+        b2bua = self.b2bua
+
+        async def on_enroll(event: RequestReceived, device: Any,
+                            target: DialTarget) -> SipResponse | None:
+            result = await enrollment.handle_enroll(device, target.value)
+            if not result.ok:
+                headers = [("Warning", f'399 sipgw "{result.message}"')]
+                if result.retry_after:
+                    headers.append(("Retry-After", str(result.retry_after)))
+                return build_response(event.request, result.sip_status, to_tag=new_tag(),
+                                      headers=headers)
+            from gateway.b2bua.service import split_body
+
+            sdp, _ = split_body(event.request)
+            await b2bua._answer_locally(event, sdp)
+            return None
+
+        b2bua.feature_handlers[Feature.ENROLL] = on_enroll
+        if self.config.ops.port >= 0:
+            _, stop = await attach_admin(self, self.identity, enrollment=enrollment)
+            self._stoppers.append(stop)
 
     def _start_registrar(self) -> None:
         from firmware_catalog import load_catalog

@@ -139,6 +139,17 @@ def cmd_directory(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_devices(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.rest[:1] == ["bulk-sign-in"]:
+        from gateway.ops.admin_cli import bulk_sign_in_main
+
+        return bulk_sign_in_main(args.rest[1:], cfg)
+    from gateway.registrar.cli import devices_main
+
+    return devices_main(list(args.rest), cfg)
+
+
 def run_async(fn: Callable[[], Coroutine[Any, Any, int]]) -> int:
     return asyncio.run(fn())
 
@@ -164,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
                               "compliance verdict; `catalog list [--vendor V]` the table")
     cat.add_argument("rest", nargs=argparse.REMAINDER, help="check \"<User-Agent>\" | list")
     cat.set_defaults(func=cmd_catalog)
+
+    dv = sub.add_parser("devices", add_help=False,
+                        help="device accounts: add|list|show|remove, and bulk-sign-in FILE.csv "
+                             "--region NOAM|EMEA|APAC (see `sipgw devices --help`)")
+    dv.add_argument("rest", nargs=argparse.REMAINDER)
+    dv.set_defaults(func=cmd_devices)
 
     b = sub.add_parser("backend", add_help=False,
                        help="run the reference call-control backend alone "

@@ -113,6 +113,15 @@ class RegistrarSettings:
 
 
 @dataclass
+class OpsConfig:
+    """Admin REST API, /ops page and /healthz."""
+
+    host: str = "127.0.0.1"
+    port: int = 9061  # 0 = ephemeral; -1 = disabled
+    admin_token: str = ""  # empty: generated into data_dir/secrets/admin.token
+
+
+@dataclass
 class Config:
     """The whole configuration, built once in the composition root and passed down."""
 
@@ -123,6 +132,7 @@ class Config:
     backend: BackendConfig = field(default_factory=BackendConfig)
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     registrar: RegistrarSettings = field(default_factory=RegistrarSettings)
+    ops: OpsConfig = field(default_factory=OpsConfig)
 
     @property
     def data_path(self) -> Path:

@@ -54,7 +54,8 @@ class GatewayProcess:
             "sip": {"hosts": ["127.0.0.1"], "udp_port": 0, "tcp_port": 0, "tls_port": 0},
             "metrics": {"host": "127.0.0.1", "port": 0},
             "backend": {"port": 0},
-            "identity": {"devidp_port": 0},
+            "identity": {"devidp_port": 0, "phone_ui_port": 0},
+            "ops": {"port": 0},
         }
         for name, values in (overrides or {}).items():
             sections.setdefault(name, {}).update(values)
