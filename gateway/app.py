@@ -40,6 +40,7 @@ from gateway.sip.timers import TimerConfig
 from gateway.sip.uas import not_allowed, options_response, precheck
 from gateway.state.redis import connect
 from gateway.state.valkey import EmbeddedValkey
+from gateway.tasks import TaskSet
 
 log = logging.getLogger("sipgw")
 
@@ -95,7 +96,7 @@ class Gateway:
         self.backend: Any = None
         self.registrar: Any = None
         self.devices: Any = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = TaskSet(log, "gateway")
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
         self._started = False
 
@@ -297,8 +298,7 @@ class Gateway:
         if not self._started:
             return
         self._started = False
-        for task in list(self._tasks):
-            task.cancel()
+        await self._tasks.cancel()
         for stopper in reversed(self._stoppers):
             try:
                 await stopper()
@@ -426,6 +426,4 @@ class Gateway:
             log.exception("ACK handler failed")
 
     def _spawn(self, coro: Awaitable[None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)

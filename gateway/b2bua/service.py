@@ -51,6 +51,7 @@ from gateway.sip.peer import Peer
 from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer, simple_answer
 from gateway.sip.stack import new_tag
 from gateway.sip.transaction import build_cancel
+from gateway.tasks import TaskSet
 
 log = logging.getLogger("sipgw.b2bua")
 
@@ -215,7 +216,7 @@ class B2BUA:
         self._acks: dict[tuple[str, str, int], asyncio.Event] = {}
         self._local: dict[tuple[str, str, str], Dialog] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "b2bua")
         self._stream: Any = None
         self._stopped = False
         self._prev_stray: Callable[[StrayResponse], None] | None = None
@@ -253,26 +254,12 @@ class B2BUA:
         self._stopped = True
         if self._stream is not None:
             await self._stream.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        await self._tasks.cancel()
         if self.gw.on_stray == self._on_stray:
             self.gw.on_stray = self._prev_stray
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("b2bua task failed", exc_info=task.exception())
+        return self._tasks.spawn(coro)
 
     def _lock(self, key: str) -> asyncio.Lock:
         lock = self._locks.get(key)

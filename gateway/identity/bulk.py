@@ -45,6 +45,7 @@ from gateway.backend.client import BackendError, BackendUnavailable
 from gateway.backend.schema import TenantInfo, UserInfo
 from gateway.registrar.bindings import BindingStore
 from gateway.registrar.devices import Device, DeviceStore
+from gateway.tasks import TaskSet
 
 log = logging.getLogger("sipgw.bulk")
 
@@ -460,24 +461,16 @@ class BulkSignIn:
         self.ledger: PairingLedger = ledger or RedisPairingLedger(redis, clock)
         self.config = config or BulkConfig()
         self.clock = clock
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks = TaskSet(log, "bulk sign-in")
         self._spawn = spawn or self._default_spawn
         self._pump = redis.register_script(_PUMP_LUA)
 
     def _default_spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     async def stop(self) -> None:
         """Cancel the batches this node runs; their leases lapse and another node resumes them."""
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping regardless
-                pass
+        await self._tasks.cancel()
 
     # -- keys ----------------------------------------------------------------------------
     @staticmethod

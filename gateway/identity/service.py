@@ -68,6 +68,7 @@ from gateway.sip.message import SipRequest, SipResponse, build_response
 from gateway.sip.sdp import SdpError, SessionDescription, simple_answer
 from gateway.sip.stack import new_tag
 from gateway.sip.uri import Uri
+from gateway.tasks import TaskSet
 
 log = logging.getLogger("sipgw.identity")
 
@@ -118,7 +119,7 @@ class IdentityService:
         self.domain: str = gateway.config.sip.domain
         self.phone_ui_port: int | None = None
         self._phone_ui: Any = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "identity")
         self._stopped = False
         manager.on_paired = self._on_paired
 
@@ -309,14 +310,7 @@ class IdentityService:
 
     # -- lifecycle -----------------------------------------------------------------------
     def _spawn(self, coro: Awaitable[Any]) -> None:
-        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("identity task failed", exc_info=task.exception())
+        self._tasks.spawn(coro)
 
     def register_features(self) -> None:
         handlers = self.gw.b2bua.feature_handlers
@@ -333,13 +327,7 @@ class IdentityService:
             if handlers.get(feature) == fn:
                 del handlers[feature]
         await self.manager.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
+        await self._tasks.cancel()
         if self._phone_ui is not None:
             loop = asyncio.get_running_loop()
             await self._phone_ui.stopListening().asFuture(loop)

@@ -220,9 +220,10 @@ def test_sipp_options_against_gateway_process(tmp_path: Path, proto: str, flag: 
             cmd[1:1] = ["-tls_cert", str(cert), "-tls_key", str(cert.with_suffix(".key"))]
         try:
             run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-            errors = (tmp_path / "sipp_errors.log")
-            detail = (run.stdout[-2000:] + run.stderr[-2000:]
-                      + (errors.read_text()[-2000:] if errors.exists() else "") + gw.output()[-2000:])
+            errors = tmp_path / "sipp_errors.log"
+            detail = "".join((run.stdout[-2000:], run.stderr[-2000:],
+                              errors.read_text()[-2000:] if errors.exists() else "",
+                              gw.output()[-2000:]))
             assert run.returncode == 0, detail
             text = httpx.get(gw.metrics_url, timeout=10).text
             wanted = ('sip_messages_received_total{kind="request",method="OPTIONS",status="",'
