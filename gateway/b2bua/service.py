@@ -42,6 +42,7 @@ from gateway.b2bua.mapping import (
 from gateway.backend.client import BackendError, BackendUnavailable
 from gateway.backend.schema import CallCreate, EndpointCreate, Event, Target
 from gateway.registrar.auth import AuthStatus
+from gateway.registrar.registrar import Registration
 from gateway.sip.dialog import Dialog, DialogError, build_ack_for_2xx
 from gateway.sip.digest import DigestCredentials, DigestError
 from gateway.sip.errors import SipParseError
@@ -216,6 +217,8 @@ class B2BUA:
         self._acks: dict[tuple[str, str, int], asyncio.Event] = {}
         self._local: dict[tuple[str, str, str], Dialog] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        # endpoint id -> (user, monotonic time its backend lifetime ends, lifetime granted)
+        self._endpoints: dict[str, tuple[str, float, int]] = {}
         self._tasks = TaskSet(log, "b2bua")
         self._stream: Any = None
         self._stopped = False
@@ -226,7 +229,7 @@ class B2BUA:
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
         gw = self.gw
-        gw.on_request("REGISTER", self._handle_register_request)
+        gw.registrar.listeners.append(self._on_registration)
         gw.on_request("INVITE", self._handle_invite_request)
         gw.on_request("ACK", self._handle_ack_request)
         gw.on_request("BYE", self._handle_bye_request)
@@ -304,38 +307,47 @@ class B2BUA:
         return bool(entry is not None and entry.e911)
 
     # -- REGISTER: backend endpoints follow registrations -----------------------------
-    async def _handle_register_request(self, event: RequestReceived) -> SipResponse:
-        response: SipResponse = await self.gw.registrar.handle_register(
-            event.request, event.peer, self.gw.node_id)
-        if response.status == 200:
-            try:
-                user = event.request.to.uri.user_unescaped or ""
-            except SipParseError:
-                user = ""
-            if user:
-                expires = [c.param("expires") for c in response.contacts]
-                self._spawn(self._sync_endpoint(user, [int(e) for e in expires
-                                                       if e and e.isdigit()]))
-        return response
+    def _on_registration(self, reg: Registration) -> None:
+        """A paired device's endpoint is online while it has bindings (registrar event).
 
-    async def _sync_endpoint(self, username: str, expires: list[int]) -> None:
-        device = await self.gw.devices.get_by_username(username)
-        if device is None or not device.paired or not device.user:
+        Refreshes do not each cost a backend call: the endpoint is (re)announced when it
+        appears, when its remaining backend lifetime falls under half, or when the user it
+        belongs to changes; it is withdrawn when the last binding goes.
+        """
+        eid = endpoint_id_for(reg.device_id)
+        if not reg.paired_user:
+            self._endpoints.pop(eid, None)  # signed out: the binder withdrew it
             return
-        eid = endpoint_id_for(device.device_id)
+        now = self._now()
+        if reg.bindings:
+            remaining = max(b.expires for b in reg.bindings) - time.time()
+            ttl = int(min(86400, max(30, remaining + 30)))
+            known = self._endpoints.get(eid)
+            if known is not None and known[0] == reg.paired_user and \
+                    known[1] - now > min(ttl, known[2]) / 2:
+                return
+            self._endpoints[eid] = (reg.paired_user, now + ttl, ttl)
+            self._spawn(self._announce_endpoint(reg.paired_user, reg.device_id, eid, ttl))
+        else:
+            self._endpoints.pop(eid, None)
+            self._spawn(self._withdraw_endpoint(reg.paired_user, eid))
+
+    async def _announce_endpoint(self, user: str, device_id: str, eid: str, ttl: int) -> None:
         try:
-            if expires and max(expires) > 0:
-                ttl = min(86400, max(30, max(expires) + 30))
-                await self.gw.backend.add_endpoint(device.user, EndpointCreate(
-                    endpoint_id=eid, device_id=device.device_id,
-                    capabilities=CAPABILITIES, expires=ttl))
-            else:
-                await self.gw.backend.remove_endpoint(device.user, eid)
+            await self.gw.backend.add_endpoint(user, EndpointCreate(
+                endpoint_id=eid, device_id=device_id, capabilities=CAPABILITIES, expires=ttl))
+        except (BackendError, BackendUnavailable) as e:
+            self._endpoints.pop(eid, None)  # try again on the next refresh
+            log.warning("backend endpoint %s for %s: %s", eid, device_id, e)
+
+    async def _withdraw_endpoint(self, user: str, eid: str) -> None:
+        try:
+            await self.gw.backend.remove_endpoint(user, eid)
         except BackendError as e:
             if e.status != 404:
-                log.warning("backend endpoint %s for %s: %s", eid, device.device_id, e)
+                log.warning("backend endpoint %s removal: %s", eid, e)
         except BackendUnavailable as e:
-            log.warning("backend unavailable for endpoint %s: %s", eid, e)
+            log.warning("backend unavailable for endpoint %s removal: %s", eid, e)
 
     # -- trust: is the INVITE from the device it claims? -------------------------------
     async def _authenticate(self, event: RequestReceived) -> tuple[Any, SipResponse | None]:

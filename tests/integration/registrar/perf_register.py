@@ -22,6 +22,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -95,12 +96,13 @@ def main() -> int:
                 csv = write_csv(tmp / f"step{rate}.csv", chunk)
                 lat: list[float] = []
                 stop = threading.Event()
-                t = threading.Thread(target=_probe, args=(host, port, *probe_dev, stop, lat))
+                t = threading.Thread(target=_probe, args=(host, port, *probe_dev, stop, lat),
+                                     daemon=True)
                 t.start()
                 spy = None
                 if args.profile and i == len(rates) - 1:
                     spy = subprocess.Popen(
-                        ["py-spy", "record", "-f", "raw", "-o", args.profile, "-r", "200",
+                        [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw", "-o", args.profile, "-r", "200",
                          "-d", str(int(args.seconds)), "-p", str(gw.proc.pid)],  # type: ignore
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 started = time.monotonic()
