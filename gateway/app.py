@@ -44,6 +44,14 @@ from gateway.tasks import TaskSet
 
 log = logging.getLogger("sipgw")
 
+_LOCAL_WARNING = '399 sipgw-local "'
+
+
+def is_local_failure(response: SipResponse) -> bool:
+    """True for the 408/503 ``Gateway.request`` makes up when no response arrived."""
+    return (response.status in (408, 503)
+            and (response.headers.get("Warning") or "").startswith(_LOCAL_WARNING))
+
 
 @dataclass(frozen=True)
 class Listening:
@@ -208,6 +216,7 @@ class Gateway:
         from gateway.b2bua.service import attach_b2bua
         self.b2bua = await attach_b2bua(self)
         self._stoppers.append(self.b2bua.stop)
+        self._start_keepalive()
         from gateway.identity.service import attach_identity
         self.identity = await attach_identity(self)
         self._stoppers.append(self.identity.stop)
@@ -283,6 +292,36 @@ class Gateway:
         self._every(r.sweep_interval, registrar.sweep_expired, "binding sweep")
         self._every(r.offboard_interval, registrar.offboard_stale, "stale-device sweep")
 
+    def _start_keepalive(self) -> None:
+        """NAT keep-alives (RFC 5626 §3.5): OPTIONS from the node that owns each flow."""
+        r = self.config.registrar
+        if r.keepalive_interval <= 0:
+            return
+        from gateway.registrar import KeepAlive
+
+        keepalive = KeepAlive(self.registrar.store, self.node_id, self._keepalive_ping,
+                              interval=r.keepalive_interval,
+                              max_failures=r.keepalive_failures, registry=self.registry)
+        self._every(r.keepalive_interval, keepalive.run_once, "NAT keep-alive round")
+
+    async def _keepalive_ping(self, peer: Peer, binding: Any) -> int | None:
+        """One OPTIONS to the phone behind ``binding``; None when nothing came back."""
+        from gateway.sip.headers import Headers
+        from gateway.sip.uri import Uri
+
+        domain = self.config.sip.domain
+        headers = [("Max-Forwards", "70"),
+                   ("From", f"<sip:sipgw@{domain}>;tag={new_tag()}"),
+                   ("To", f"<{binding.aor}>"),
+                   ("Call-ID", os.urandom(12).hex()),
+                   ("CSeq", "1 OPTIONS")]
+        headers += [("Route", route) for route in binding.path]
+        headers.append(("Contact", self.b2bua.our_contact(peer.transport)))
+        options = SipRequest(method="OPTIONS", uri=Uri.parse(binding.uri),
+                             headers=Headers(headers), body=b"")
+        response = await self.request(options, peer)
+        return None if is_local_failure(response) else response.status
+
     def _every(self, interval: float, job: Callable[[], Awaitable[Any]], what: str) -> None:
         async def loop() -> None:
             while True:
@@ -333,7 +372,7 @@ class Gateway:
     def _synthetic(self, pending: _Pending, status: int, why: str) -> None:
         if not pending.future.done():
             resp = build_response(pending.request, status,
-                                  headers=[("Warning", f'399 sipgw "{why}"')])
+                                  headers=[("Warning", f'{_LOCAL_WARNING}{why}"')])
             pending.future.set_result(resp)
 
     def _on_client_event(self, event: StackEvent) -> bool:

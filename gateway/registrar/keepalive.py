@@ -75,8 +75,14 @@ class KeepAlive:
         self._failures: dict[tuple[str, str], int] = {}
 
     def owned(self, b: Binding) -> bool:
-        """Bindings this node pings: its own plain-UDP ones (outbound phones ping us)."""
-        return b.node_id == self.node_id and b.transport.upper() == "UDP" and not b.outbound
+        """Bindings this node pings: its own UDP ones and its own live stream flows.
+
+        Outbound phones keep their flows alive themselves (RFC 5626 §4.4). Over TCP/TLS
+        the OPTIONS travels the phone's connection, so a flow that died silently is found
+        and its binding dropped (kamailio#1481: pinging UDP only leaves those behind).
+        """
+        return (b.node_id == self.node_id and not b.outbound
+                and (b.transport.upper() == "UDP" or bool(b.flow)))
 
     async def run_once(self, now: float | None = None) -> KeepAliveReport:
         now = self.clock() if now is None else now

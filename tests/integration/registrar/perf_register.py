@@ -102,7 +102,8 @@ def main() -> int:
                 spy = None
                 if args.profile and i == len(rates) - 1:
                     spy = subprocess.Popen(
-                        [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw", "-o", args.profile, "-r", "200",
+                        [str(Path(sys.executable).with_name("py-spy")), "record", "-f", "raw",
+                         "-o", args.profile, "-r", "200",
                          "-d", str(int(args.seconds)), "-p", str(gw.proc.pid)],  # type: ignore
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 started = time.monotonic()
