@@ -48,13 +48,7 @@ class BackendDirectoryLookup:
                         user.tenant)
             return None
         cloud = await self.tenant_cloud(user.tenant)
-        return DirectoryUser(
-            oid=user.oid, tenant_id=user.tenant, upn=user.upn, name=user.name,
-            number=user.number, pstn_enabled=user.pstn_enabled,
-            licenses=frozenset(user.licenses), account_type=user.account_type,
-            enabled=user.enabled,
-            allow_sip_devices_calling=user.calling_policy.allow_sip_devices_calling,
-            tenant_cloud=cloud)
+        return DirectoryUser.from_user(user, cloud)
 
     async def tenant_cloud(self, tenant_id: str) -> str:
         """The tenant's cloud (``commercial``, ``gcc``, ...); ``unknown`` for an unknown tenant."""

@@ -145,6 +145,17 @@ class DirectoryUser:
     allow_sip_devices_calling: bool
     tenant_cloud: str
 
+    @classmethod
+    def from_user(cls, user: Any, cloud: str) -> DirectoryUser:
+        """From a backend/directory user record (``UserInfo`` or the reference directory's)."""
+        return cls(
+            oid=user.oid, tenant_id=user.tenant, upn=user.upn, name=user.name,
+            number=user.number, pstn_enabled=user.pstn_enabled,
+            licenses=frozenset(user.licenses), account_type=user.account_type,
+            enabled=user.enabled,
+            allow_sip_devices_calling=user.calling_policy.allow_sip_devices_calling,
+            tenant_cloud=cloud)
+
 
 class DirectoryLookup(Protocol):
     """Resolves a signed-in user at the call-control backend."""
@@ -171,13 +182,7 @@ class DirectoryBackedLookup:
         if user is None or user.tenant != tenant_id:
             return None
         tenant = self.directory.tenants.get(user.tenant)
-        return DirectoryUser(
-            oid=user.oid, tenant_id=user.tenant, upn=user.upn, name=user.name,
-            number=user.number, pstn_enabled=user.pstn_enabled,
-            licenses=frozenset(user.licenses), account_type=user.account_type,
-            enabled=user.enabled,
-            allow_sip_devices_calling=user.calling_policy.allow_sip_devices_calling,
-            tenant_cloud=tenant.cloud if tenant is not None else "unknown")
+        return DirectoryUser.from_user(user, tenant.cloud if tenant is not None else "unknown")
 
 
 def eligibility_refusal(user: DirectoryUser, *, common_area: bool,

@@ -11,6 +11,23 @@ import secrets
 from pathlib import Path
 
 
+def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` atomically, the file created with its final ``mode``.
+
+    Written beside the target and renamed, so a crash never leaves a half-written key,
+    and never world-readable, not even for a moment.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
 def load_or_create_key(path: Path, nbytes: int = 32) -> bytes:
     """The key in ``path``; created with ``nbytes`` random bytes (0600) when absent."""
     path = Path(path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
+
+from gateway.state.secrets import write_private
 
 DEV_NAMES = ("localhost",)
 DEV_ADDRESSES = ("127.0.0.1", "::1")
@@ -42,19 +43,6 @@ class TlsFiles:
     key: Path
     ca: Path | None = None
 
-
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    # Write beside the target and rename, so a crash never leaves a half-written key,
-    # and create with the final mode so the key is never world-readable, not even briefly.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -119,8 +107,8 @@ def ensure_dev_certificate(data_dir: Path | str) -> TlsFiles:
                            critical=False)
             .sign(ca_key, hashes.SHA256())
         )
-        _write_private(ca_key_path, _key_pem(ca_key), 0o600)
-        _write_private(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_private(ca_key_path, _key_pem(ca_key), 0o600)
+        write_private(ca_cert_path, ca_cert.public_bytes(serialization.Encoding.PEM), 0o644)
         cert_path.unlink(missing_ok=True)  # a new CA invalidates the old server certificate
 
     if _usable(cert_path, key_path, now) and _issued_by(cert_path, ca_cert):
@@ -153,8 +141,8 @@ def ensure_dev_certificate(data_dir: Path | str) -> TlsFiles:
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, _key_pem(key), 0o600)
-    _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_private(key_path, _key_pem(key), 0o600)
+    write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return files
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,21 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from gateway.state.secrets import write_private
+
 _CURRENT = "signing-current.pem"
 _PREVIOUS = "signing-previous.pem"
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    # Created with its final mode and renamed into place: never world-readable, never half-written.
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _new_key() -> rsa.RSAPrivateKey:
@@ -80,10 +69,10 @@ class SigningKeys:
         previous = _load(directory / _PREVIOUS)
         if current is None:
             current = _new_key()
-            _write_private(directory / _CURRENT, _pem(current))
+            write_private(directory / _CURRENT, _pem(current))
         if previous is None:
             previous = _new_key()
-            _write_private(directory / _PREVIOUS, _pem(previous))
+            write_private(directory / _PREVIOUS, _pem(previous))
         self._current = current
         self._previous = previous
 
@@ -95,8 +84,8 @@ class SigningKeys:
         """Make a fresh key active, keep the old active one published; return the new ``kid``."""
         with self._lock:
             new = _new_key()
-            _write_private(self._dir / _PREVIOUS, _pem(self._current))
-            _write_private(self._dir / _CURRENT, _pem(new))
+            write_private(self._dir / _PREVIOUS, _pem(self._current))
+            write_private(self._dir / _CURRENT, _pem(new))
             self._previous, self._current = self._current, new
             return key_id(new.public_key())
 
