@@ -11,17 +11,28 @@ the signalling of a running call:
 - ``b2b:call:<backend call id>``     set of leg ids (backend events)
 - ``b2b:se``                          sorted set leg id -> session-timer deadline
   (RFC 4028 §10: no refresh by then ends the call)
+
+Redis is the record; the node that saved a leg also keeps a copy in memory, so the
+in-dialog requests and backend events of its own calls (nearly all of them: a phone's
+flow stays on its node) cost no read. Every change is still written through in one
+pipeline, so a restarted node, or another one, finds the leg in Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from gateway.sip.dialog import Dialog
 from gateway.sip.peer import FlowId, Peer
+
+log = logging.getLogger("sipgw.b2bua")
 
 LEG_TTL = 4 * 3600  # an established leg survives this long without any refresh
 PREFIX = "b2b:"
@@ -92,10 +103,40 @@ def dialog_key(call_id: str, local_tag: str, remote_tag: str) -> str:
 class LegStore:
     """Legs in Redis (key schema in the module docstring); one pipeline per operation."""
 
-    def __init__(self, redis: Any, prefix: str = PREFIX, ttl: int = LEG_TTL) -> None:
+    def __init__(self, redis: Any, prefix: str = PREFIX, ttl: int = LEG_TTL,
+                 local_max: int = 200_000) -> None:
         self.redis = redis
         self.p = prefix
         self.ttl = ttl
+        # this node's legs (leg id -> leg; dialog key -> leg id; backend call -> leg ids)
+        self._local: dict[str, Leg] = {}
+        self._local_dlg: dict[str, str] = {}
+        self._local_call: dict[str, set[str]] = {}
+        self._local_max = local_max
+        self._last_event: dict[str, str] = {}
+        self._event_writer: dict[str, Any] = {}
+
+    def _remember(self, leg: Leg) -> None:
+        old = self._local.get(leg.leg_id)
+        if old is None and len(self._local) >= self._local_max:
+            # a bound for legs never ended (their Redis records expire): forget the oldest
+            self._forget(self._local[next(iter(self._local))])
+        elif old is not None and old.dialog_key != leg.dialog_key:
+            self._local_dlg.pop(old.dialog_key, None)
+        # a copy: callers change the legs they get and save them only on success
+        self._local[leg.leg_id] = copy.copy(leg)
+        self._local_dlg[leg.dialog_key] = leg.leg_id
+        self._local_call.setdefault(leg.backend_call_id, set()).add(leg.leg_id)
+
+    def _forget(self, leg: Leg) -> None:
+        mine = self._local.pop(leg.leg_id, None) or leg
+        if self._local_dlg.get(mine.dialog_key) == mine.leg_id:
+            del self._local_dlg[mine.dialog_key]
+        ids = self._local_call.get(mine.backend_call_id)
+        if ids is not None:
+            ids.discard(mine.leg_id)
+            if not ids:
+                del self._local_call[mine.backend_call_id]
 
     def _leg(self, leg_id: str) -> str:
         return f"{self.p}leg:{leg_id}"
@@ -120,8 +161,12 @@ class LegStore:
         if se_deadline is not None:
             pipe.zadd(self._se, {leg.leg_id: se_deadline})
         await pipe.execute()
+        self._remember(leg)
 
     async def get(self, leg_id: str) -> Leg | None:
+        mine = self._local.get(leg_id)
+        if mine is not None:
+            return copy.copy(mine)
         raw = await self.redis.get(self._leg(leg_id))
         if raw is None:
             return None
@@ -131,12 +176,20 @@ class LegStore:
             return None
 
     async def by_dialog(self, call_id: str, local_tag: str, remote_tag: str) -> Leg | None:
-        leg_id = await self.redis.get(self._dlg(dialog_key(call_id, local_tag, remote_tag)))
+        key = dialog_key(call_id, local_tag, remote_tag)
+        mine = self._local_dlg.get(key)
+        if mine is not None and mine in self._local:
+            return copy.copy(self._local[mine])
+        leg_id = await self.redis.get(self._dlg(key))
         if leg_id is None:
             return None
         return await self.get(leg_id.decode() if isinstance(leg_id, bytes) else str(leg_id))
 
     async def by_call(self, backend_call_id: str) -> list[Leg]:
+        mine = self._local_call.get(backend_call_id)
+        if mine:
+            # a call's legs on other nodes are theirs to end (their own events reach them)
+            return [copy.copy(self._local[i]) for i in sorted(mine) if i in self._local]
         ids = await self.redis.smembers(self._call(backend_call_id))
         out: list[Leg] = []
         for raw in sorted(ids):
@@ -153,6 +206,7 @@ class LegStore:
         pipe.delete(self._dlg(leg.dialog_key))
         pipe.srem(self._call(leg.backend_call_id), leg.leg_id)
         pipe.zrem(self._se, leg.leg_id)
+        self._forget(leg)
         removed = await pipe.execute()
         return bool(removed[0])
 
@@ -171,6 +225,34 @@ class LegStore:
 
     async def set_last_event(self, node_id: str, event_id: str) -> None:
         await self.redis.set(f"{self.p}events:{node_id}", event_id, ex=self.ttl)
+
+    def note_last_event(self, node_id: str, event_id: str) -> None:
+        """Record the backend event position without a write per event: one writer per
+        node keeps at most one SET in flight and always writes the newest id, so a burst
+        of events costs one round trip and a quiet stream is saved at once."""
+        self._last_event[node_id] = event_id
+        task = self._event_writer.get(node_id)
+        if task is None or task.done():
+            self._event_writer[node_id] = asyncio.ensure_future(self._write_events(node_id))
+
+    async def _write_events(self, node_id: str) -> None:
+        written = ""
+        while True:
+            latest = self._last_event.get(node_id, "")
+            if latest == written:
+                return
+            try:
+                await self.set_last_event(node_id, latest)
+            except Exception as e:  # noqa: BLE001 - the next event tries again
+                log.warning("saving the backend event position failed: %s", e)
+                return
+            written = latest
+
+    async def flush_last_event(self) -> None:
+        """Wait for the event positions noted so far to be written (at stop)."""
+        for task in list(self._event_writer.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
 
     async def last_event(self, node_id: str) -> str:
         raw = await self.redis.get(f"{self.p}events:{node_id}")

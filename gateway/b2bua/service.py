@@ -258,6 +258,7 @@ class B2BUA:
         if self._stream is not None:
             await self._stream.close()
         await self._tasks.cancel()
+        await self.legs.flush_last_event()
         if self.gw.on_stray == self._on_stray:
             self.gw.on_stray = self._prev_stray
 
@@ -980,7 +981,7 @@ class B2BUA:
         assert self._stream is not None
         async for ev in self._stream:
             if ev.id:
-                self._spawn(self.legs.set_last_event(self.event_node, ev.id))
+                self.legs.note_last_event(self.event_node, ev.id)
             key = ev.call_id or ev.endpoint_id
             self._spawn(self._dispatch_locked(key, ev))
 

@@ -1,5 +1,12 @@
-"""Typed asyncio client of the call-control backend API (v1): REST over treq, events over
-an autobahn WebSocket, with Prometheus latency/error metrics.
+"""Typed asyncio client of the call-control backend API (v1): REST over a small HTTP/1.1
+keep-alive connection pool on asyncio streams, events over an autobahn WebSocket, with
+Prometheus latency/error metrics.
+
+The REST path carries several requests for every call the gateway bridges, so it is
+written for that: persistent connections (RFC 9112 §9.3), one write per request,
+``Content-Length`` or chunked bodies (RFC 9112 §6-7), no per-request agent or Deferred
+machinery. A request that finds its reused connection closed before any answer byte
+is sent again once on a fresh connection (the server closed an idle connection).
 
 All methods are coroutines to be run as asyncio tasks on the Twisted asyncio
 reactor's loop (DESIGN.md principle 2); Twisted Deferreds are bridged with
@@ -11,19 +18,18 @@ timeout, or a body that does not match the schema).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import ssl as std_ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlparse
 
-import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
 from gateway.backend.schema import (
     Answer,
@@ -90,7 +96,7 @@ class BackendClient:
 
     def __init__(self, base_url: str, token: str, ca_file: str | None = None, *,
                  registry: CollectorRegistry | None = None, timeout: float = 10.0,
-                 reactor: Any = None) -> None:
+                 reactor: Any = None, directory_ttl: float = 10.0) -> None:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
@@ -102,45 +108,55 @@ class BackendClient:
         self._token = token
         self._timeout = timeout
         self._reactor = reactor
+        self._directory_ttl = directory_ttl
+        self._directory: dict[tuple[str, str], tuple[float, UserInfo | None]] = {}
         self._trust: ssl.Certificate | None = None
         if ca_file:
             with open(ca_file, "rb") as f:
                 self._trust = ssl.Certificate.loadPEM(f.read())
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = 8
-        policy = BrowserLikePolicyForHTTPS(trustRoot=self._trust) if self._trust else \
-            BrowserLikePolicyForHTTPS()
-        agent: Any = Agent(reactor, contextFactory=policy, pool=self._pool)
-        self._http = treq.client.HTTPClient(agent)
+        tls: std_ssl.SSLContext | None = None
+        if parsed.scheme == "https":
+            tls = std_ssl.create_default_context(cafile=ca_file or None)
+        self._prefix = parsed.path.rstrip("/")
+        self._http = _HttpPool(parsed.hostname, parsed.port or (443 if tls else 80), tls,
+                               max_idle=8)
+        host_header = parsed.netloc.rsplit("@", 1)[-1]
+        self._fixed_headers = (f"Host: {host_header}\r\nAuthorization: Bearer {token}\r\n"
+                               "Accept: application/json\r\n").encode("latin-1")
         self.metrics = BackendMetrics(registry) if registry is not None else None
 
     async def close(self) -> None:
-        d: Deferred[None] = self._pool.closeCachedConnections()
-        await d.asFuture(asyncio.get_running_loop())
+        await self._http.close()
 
     # --- transport -------------------------------------------------------------------
     async def _request(self, op: str, method: str, path: str, body: Any = None,
                        query: dict[str, str] | None = None) -> Any:
-        loop = asyncio.get_running_loop()
-        url = self.base_url + path + (("?" + urlencode(query)) if query else "")
-        headers: dict[bytes | str, list[bytes | str]] = {
-                   b"Authorization": [f"Bearer {self._token}".encode()],
-                   b"Accept": [b"application/json"]}
-        data = None
+        target = self._prefix + path + (("?" + urlencode(query)) if query else "")
+        head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._fixed_headers
         if body is not None:
-            headers[b"Content-Type"] = [b"application/json"]
-            data = json.dumps(body).encode("utf-8")
+            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            wire = (head + b"Content-Type: application/json\r\nContent-Length: "
+                    + str(len(data)).encode() + b"\r\n\r\n" + data)
+        else:
+            wire = head + b"Content-Length: 0\r\n\r\n" if method in ("POST", "PUT") \
+                else head + b"\r\n"
         start = time.monotonic()
         kind = ""
         try:
-            resp = await self._http.request(method, url, data=data, headers=headers,
-                                            timeout=self._timeout).asFuture(loop)
-            raw = await treq.content(resp).asFuture(loop)
-            status = resp.code
+            try:
+                status, raw = await asyncio.wait_for(self._http.exchange(wire, method),
+                                                     self._timeout)
+            except TimeoutError:
+                kind = "timeout"
+                raise BackendUnavailable(f"{op}: backend did not answer within "
+                                         f"{self._timeout:g} s") from None
+            except (OSError, EOFError, asyncio.IncompleteReadError, _HttpProtocolError) as exc:
+                kind = "protocol" if isinstance(exc, _HttpProtocolError) else "connection"
+                raise BackendUnavailable(f"{op}: backend unreachable: {exc}") from None
             if status == 204:
                 return None
             try:
-                payload = json.loads(raw.decode("utf-8")) if raw else None
+                payload = json.loads(raw) if raw else None
             except (UnicodeDecodeError, ValueError):
                 kind = "protocol"
                 raise BackendUnavailable(f"{op}: backend sent a non-JSON body "
@@ -151,20 +167,6 @@ class BackendClient:
                 msg = payload.get("message", "") if isinstance(payload, dict) else ""
                 raise BackendError(status, str(code) or "error", str(msg) or f"HTTP {status}")
             return payload
-        except (BackendError, BackendUnavailable):
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            from twisted.internet.error import TimeoutError as TxTimeout
-            from twisted.web._newclient import ResponseNeverReceived
-            if isinstance(exc, TxTimeout) or "Cancelled" in type(exc).__name__:
-                kind = "timeout"
-            elif isinstance(exc, ResponseNeverReceived):
-                kind = "connection"
-            else:
-                kind = "connection"
-            raise BackendUnavailable(f"{op}: backend unreachable: {exc}") from None
         finally:
             if self.metrics is not None:
                 self.metrics.latency.labels(op=op).observe(time.monotonic() - start)
@@ -187,8 +189,21 @@ class BackendClient:
         return await self._typed("get_user", UserInfo, "GET", f"/v1/users/{_q(oid)}")
 
     async def user_by_number(self, number: str) -> UserInfo | None:
-        return await self._maybe(self._typed("user_by_number", UserInfo, "GET", "/v1/users",
+        """The user a number belongs to (None: no user; a PSTN number). Answers, including
+        "no user", are kept ``directory_ttl`` seconds: every outbound call asks, and
+        number assignments change on an administrator's time scale, not a call's."""
+        key = ("number", number)
+        hit = self._directory.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        user = await self._maybe(self._typed("user_by_number", UserInfo, "GET", "/v1/users",
                                              query={"number": number}))
+        if self._directory_ttl > 0:
+            if len(self._directory) >= 10_000:
+                self._directory.clear()
+            self._directory[key] = (now + self._directory_ttl, user)
+        return user  # type: ignore[no-any-return]
 
     async def user_by_upn(self, upn: str) -> UserInfo | None:
         return await self._maybe(self._typed("user_by_upn", UserInfo, "GET", "/v1/users",
@@ -318,6 +333,136 @@ class BackendClient:
         if since:
             q.append(("since", since))
         return f"{scheme}://{rest}/v1/events" + (("?" + urlencode(q)) if q else "")
+
+
+class _HttpProtocolError(Exception):
+    """The backend's answer is not HTTP/1.1 we can read."""
+
+
+class _HttpConnection:
+    __slots__ = ("reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _HttpPool:
+    """Persistent HTTP/1.1 connections to one origin: one request at a time on each,
+    idle ones kept for reuse (at most ``max_idle``), as many open as requests in flight."""
+
+    def __init__(self, host: str, port: int, tls: std_ssl.SSLContext | None, *,
+                 max_idle: int) -> None:
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.max_idle = max_idle
+        self._idle: list[_HttpConnection] = []
+        self._busy: set[_HttpConnection] = set()
+
+    async def _open(self) -> _HttpConnection:
+        reader, writer = await asyncio.open_connection(
+            self.host, self.port, ssl=self.tls,
+            server_hostname=self.host if self.tls is not None else None)
+        return _HttpConnection(reader, writer)
+
+    async def exchange(self, wire: bytes, method: str) -> tuple[int, bytes]:
+        """Send one request, return (status, body)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if conn.reader.at_eof() or conn.writer.is_closing():
+                conn.close()
+                continue
+            try:
+                return await self._on(conn, wire, method, reused=True)
+            except _StaleConnection:
+                continue  # closed by the server while idle: nothing was processed
+        return await self._on(await self._open(), wire, method, reused=False)
+
+    async def _on(self, conn: _HttpConnection, wire: bytes, method: str, *,
+                  reused: bool) -> tuple[int, bytes]:
+        self._busy.add(conn)
+        keep = False
+        try:
+            conn.writer.write(wire)
+            try:
+                line = await conn.reader.readuntil(b"\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                if reused and not getattr(exc, "partial", b""):
+                    raise _StaleConnection from None
+                raise
+            status, keep, body = await self._response(conn.reader, line, method)
+            return status, body
+        finally:
+            self._busy.discard(conn)
+            if keep and len(self._idle) < self.max_idle:
+                self._idle.append(conn)
+            else:
+                conn.close()
+
+    @staticmethod
+    async def _response(reader: asyncio.StreamReader, line: bytes, method: str
+                        ) -> tuple[int, bool, bytes]:
+        parts = line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise _HttpProtocolError(f"bad status line {line[:60]!r}")
+        status = int(parts[1])
+        keep = parts[0] == b"HTTP/1.1"
+        length = -1
+        chunked = False
+        raw = await reader.readuntil(b"\r\n\r\n")
+        for h in raw.split(b"\r\n"):
+            name, sep, value = h.partition(b":")
+            if not sep:
+                continue
+            name = name.strip().lower()
+            if name == b"content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    raise _HttpProtocolError("bad Content-Length") from None
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"connection":
+                v = value.strip().lower()
+                keep = keep and v != b"close" or v == b"keep-alive"
+        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            return status, keep, b""
+        if chunked:
+            chunks = []
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                try:
+                    size = int(size_line.split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise _HttpProtocolError("bad chunk size") from None
+                if size == 0:
+                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                        pass  # trailer fields
+                    break
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            return status, keep, b"".join(chunks)
+        if length >= 0:
+            return status, keep, await reader.readexactly(length)
+        return status, False, await reader.read()  # delimited by the close (RFC 9112 §6.3)
+
+    async def close(self) -> None:
+        conns = self._idle + list(self._busy)
+        self._idle.clear()
+        self._busy.clear()
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.writer.wait_closed()
+
+
+class _StaleConnection(Exception):
+    """A reused connection was closed before the request got any answer."""
 
 
 def _q(v: str) -> str:

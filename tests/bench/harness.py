@@ -267,6 +267,89 @@ class GatewayServer(Server):
         self.stop()
 
 
+class BackendProcess(Server):
+    """``sipgw backend`` (the reference call-control backend, "the cloud") with its own
+    private Valkey, pinned to the load core: the gateway under test then runs alone on the
+    server core and reaches its backend over HTTP/WebSocket as it would in production."""
+
+    def __init__(self, workdir: Path, token: str, *, ring_timeout: float = 30.0) -> None:
+        self.name = "backend"
+        self.workdir = workdir
+        self.token = token
+        self.ring_timeout = ring_timeout
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.pid = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> BackendProcess:
+        from tests.integration.gateway_process import write_config
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg = write_config(self.workdir / "backend.toml", {
+            "server": {"data_dir": str(self.workdir / "data"), "log_level": "warning"},
+            "backend": {"host": self.host, "port": 0}})
+        env = dict(os.environ)
+        env.pop("SIPGW_CONFIG", None)
+        env["SIPGW_BACKEND_TOKEN"] = self.token
+        cmd = [*pin_prefix(LOAD_CORE), sys.executable, "-m", "gateway.cli", "--config", str(cfg),
+               "backend", "--ring-timeout", str(self.ring_timeout)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, text=True, env=env,
+                                     cwd=self.workdir, start_new_session=True)
+        self.pid = self.proc.pid
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        import selectors
+
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not sel.select(max(0.0, deadline - time.monotonic())):
+                    break
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                self.lines.append(line.rstrip())
+                if line.startswith("listening backend http "):
+                    self.port = int(line.rsplit(":", 1)[1])
+                    # keep draining its output so a chatty backend never blocks on the pipe
+                    import threading
+
+                    threading.Thread(target=self._drain, daemon=True).start()
+                    return self
+        self.stop()
+        raise HarnessError("sipgw backend did not start:\n" + "\n".join(self.lines[-20:]))
+
+    def _drain(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.stdout is not None:
+            for line in proc.stdout:
+                self.lines.append(line.rstrip())
+                del self.lines[:-200]
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # it stops its own Valkey on the way out
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a Valkey left behind in our own group
+        self.proc = None
+
+
 # -- SIPp ----------------------------------------------------------------------------------
 @dataclass
 class SippResult:

@@ -45,6 +45,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 from harness import (  # noqa: E402
     LOAD_CORE,
     SERVER_CORE,
+    BackendProcess,
     GatewayServer,
     HarnessError,
     Kamailio,
@@ -79,6 +80,7 @@ class Settings:
     devices: int
     held_calls: int
     parse_seconds: float
+    embedded_backend: bool = False
 
 
 FULL = Settings(step_seconds=8, max_steps=7, calibrate_seconds=3, probe_rate=50,
@@ -546,13 +548,34 @@ def _register_from(g: GatewayServer, port: int, user: str, password: str, tmp: P
         raise NotAvailable(f"REGISTER of the bench phone failed: {why[-300:]}")
 
 
+@contextmanager
+def call_backend(tmp: Path, settings: Settings) -> Iterator[dict[str, Any]]:
+    """The ``[backend]`` section of the gateway under test. By default the reference
+    backend ("the cloud") runs as its own ``sipgw backend`` process with its own Valkey on
+    the load core, so the server core holds one gateway process (and its Valkey) alone;
+    ``--embedded-backend`` measures ``sipgw serve`` with the backend inside it instead."""
+    if settings.embedded_backend:
+        say("  backend: embedded in the gateway process (server core)")
+        yield {"ring_timeout": 30}
+        return
+    token = os.urandom(16).hex()
+    backend = BackendProcess(tmp / "backend", token, ring_timeout=30)
+    try:
+        backend.start()
+        say(f"  backend: `sipgw backend` as its own process on core {LOAD_CORE} "
+            f"({backend.url}, own Valkey); gateway alone on core {SERVER_CORE}")
+        yield {"url": backend.url, "token": token}
+    finally:
+        backend.stop()
+
+
 def gateway_calls(settings: Settings) -> Outcome:
     """SIPp UAC (Alice's registered phone) -> gateway -> reference backend -> gateway ->
     SIPp UAS (Bob's registered phone). The latency probe cannot call from a registered
     source, so setup latency is SIPp's own rtd (4 ms ticks)."""
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp, \
-            gateway({"redis": {"embedded_tcp_port": 0},
-                     "backend": {"ring_timeout": 30}}) as g:
+            call_backend(Path(tmp), settings) as backend_cfg, \
+            gateway({"redis": {"embedded_tcp_port": 0}, "backend": backend_cfg}) as g:
         vk = g.valkey_tcp()
         if vk is None:
             raise NotAvailable("gateway printed no 'listening valkey tcp' line")
@@ -655,6 +678,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs, for smoke checks")
+    ap.add_argument("--embedded-backend", action="store_true",
+                    help="calls: run the reference backend inside the gateway process "
+                         "(default: as its own process on the load core)")
     ap.add_argument("--only", default=",".join(BENCHES),
                     help="comma-separated subset of: " + ", ".join(BENCHES))
     args = ap.parse_args()
@@ -663,6 +689,9 @@ def main() -> int:
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(unknown)}")
     settings = QUICK if args.quick else FULL
+    if args.embedded_backend:
+        from dataclasses import replace
+        settings = replace(settings, embedded_backend=True)
     say(f"sipgw benchmarks ({'quick' if args.quick else 'full'}): server on core "
         f"{SERVER_CORE}, SIPp and probe on core {LOAD_CORE}, loopback UDP; "
         f"{os.cpu_count()} cores, python {sys.version.split()[0]}")

@@ -293,8 +293,11 @@ def _write_json(request: Request, status: int, body: Any) -> None:
     if body is None:
         request.finish()
         return
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8")
     request.setHeader(b"content-type", b"application/json")
-    request.write(json.dumps(body).encode("utf-8"))
+    # a length instead of chunked framing: cheaper for both ends of a keep-alive connection
+    request.setHeader(b"content-length", b"%d" % len(data))
+    request.write(data)
     request.finish()
 
 
