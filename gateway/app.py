@@ -68,6 +68,7 @@ class Listening:
 
 
 RequestHandler = Callable[[RequestReceived], Awaitable[SipResponse | None]]
+ImmediateHandler = Callable[[RequestReceived], SipResponse | Awaitable[SipResponse | None]]
 ProvisionalHandler = Callable[[SipResponse], None]
 
 
@@ -99,6 +100,7 @@ class Gateway:
         self.listening: list[Listening] = []
         self.node_id = config.server.node_id or f"{socket.gethostname()}-{os.getpid()}"
         self._handlers: dict[str, RequestHandler] = {}
+        self._immediate: dict[str, ImmediateHandler] = {}
         self._pending: dict[TransactionKey, _Pending] = {}
         self.on_stray: Callable[[StrayResponse], None] | None = None
         self.backend: Any = None
@@ -285,10 +287,12 @@ class Gateway:
             RegistrarMetrics(self.registry))
         registrar = self.registrar
 
-        async def on_register(event: RequestReceived) -> SipResponse:
-            return await registrar.handle_register(event.request, event.peer, self.node_id)
+        node_id = self.node_id
 
-        self.on_request("REGISTER", on_register)
+        def on_register(event: RequestReceived) -> SipResponse | Awaitable[SipResponse]:
+            return registrar.answer(event.request, event.peer, node_id)
+
+        self.on_request_now("REGISTER", on_register)
         self._every(r.sweep_interval, registrar.sweep_expired, "binding sweep")
         self._every(r.offboard_interval, registrar.offboard_stale, "stale-device sweep")
 
@@ -353,6 +357,13 @@ class Gateway:
     # -- dispatch ----------------------------------------------------------------------
     def on_request(self, method: str, handler: RequestHandler) -> None:
         self._handlers[method] = handler
+        self._immediate.pop(method, None)
+
+    def on_request_now(self, method: str, handler: ImmediateHandler) -> None:
+        """Like ``on_request`` for a handler called synchronously: it returns the response
+        when it has it at once (no task is created), else an awaitable of it."""
+        self._immediate[method] = handler
+        self._handlers.pop(method, None)
 
     async def request(self, request: SipRequest, peer: Peer, *,
                       on_provisional: ProvisionalHandler | None = None,
@@ -431,6 +442,10 @@ class Gateway:
             self.driver.respond(event.key, rejection)
             return
         method = request.method
+        immediate = self._immediate.get(method)
+        if immediate is not None:
+            self._run_immediate(immediate, event)
+            return
         if method == "OPTIONS" and request.uri.user is None:
             self.driver.respond(event.key, options_response(request, tag=tag))
             return
@@ -446,16 +461,42 @@ class Gateway:
             return
         self._spawn(self._run_handler(handler, event, tag))
 
+    def _run_immediate(self, handler: ImmediateHandler, event: RequestReceived) -> None:
+        try:
+            result = handler(event)
+        except Exception as e:  # noqa: BLE001 - one function maps failures to SIP (STYLE 8)
+            self._handler_failed(event, e)
+            return
+        if isinstance(result, SipResponse):
+            self.driver.respond(event.key, result)
+        else:
+            self._spawn(self._await_response(result, event))
+
+    async def _await_response(self, result: Awaitable[SipResponse | None],
+                              event: RequestReceived) -> None:
+        try:
+            response = await result
+        except Exception as e:  # noqa: BLE001 - one function maps failures to SIP (STYLE 8)
+            self._handler_failed(event, e)
+            return
+        if response is not None:
+            self.driver.respond(event.key, response)
+
     async def _run_handler(self, handler: RequestHandler, event: RequestReceived,
                            tag: str) -> None:
         try:
             response = await handler(event)
         except Exception as e:  # noqa: BLE001 - one function maps failures to SIP (STYLE 8)
-            log.exception("handler for %s failed", event.request.method)
-            response = build_response(event.request, 500, to_tag=tag, headers=[
-                ("Warning", f'399 sipgw "internal error: {type(e).__name__}"')])
+            self._handler_failed(event, e, tag)
+            return
         if response is not None:
             self.driver.respond(event.key, response)
+
+    def _handler_failed(self, event: RequestReceived, e: Exception, tag: str = "") -> None:
+        log.error("handler for %s failed", event.request.method, exc_info=e)
+        self.driver.respond(event.key, build_response(
+            event.request, 500, to_tag=tag or new_tag(),
+            headers=[("Warning", f'399 sipgw "internal error: {type(e).__name__}"')]))
 
     async def _run_ack(self, handler: RequestHandler, event: AckReceived) -> None:
         try:

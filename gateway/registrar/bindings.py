@@ -11,6 +11,7 @@ is a single Lua script: one round trip, atomic across nodes.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
@@ -125,28 +126,46 @@ class RegisterResult:
 class BindingStore:
     """Bindings per AOR in Redis; the only writer of ``sipgw:reg:*`` keys."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, *, timeout: float = 2.0) -> None:
         # redis-py's return types are bytes|str unions; results are bytes (no decoding)
         self.redis: Any = redis
+        self._timeout = timeout
         self._register_sha = hashlib.sha1(_REGISTER_LUA.encode()).hexdigest()
         self._purge = redis.register_script(_PURGE_LUA)
         self._pipe_for: Any = None
         self._pipe_obj: RespPipe | None = None
 
     @property
+    def timeout(self) -> float:
+        """A hot-path command slower than this (seconds) raises TimeoutError."""
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._timeout = value
+        if self._pipe_obj is not None:
+            self._pipe_obj.timeout = value
+
+    @property
     def pipe(self) -> RespPipe | None:
         """The pipelined hot-path connection to the same server as ``self.redis``."""
         if self._pipe_for is not self.redis:
             self._pipe_for = self.redis
-            self._pipe_obj = RespPipe.for_client(self.redis)
+            self._pipe_obj = RespPipe.for_client(self.redis, self.timeout)
         return self._pipe_obj
 
     async def command(self, *args: Any) -> Any:
-        """One hot-path command, pipelined when the store allows it."""
+        """One hot-path command, pipelined when the store allows it; TimeoutError after
+        ``timeout`` (the pipe's own deadline, else a timer around redis-py)."""
         pipe = self.pipe
         if pipe is not None:
             return await pipe.execute(*args)
-        return await self.redis.execute_command(*args)
+        return await asyncio.wait_for(self.redis.execute_command(*args), self.timeout)
+
+    def command_now(self, *args: Any) -> asyncio.Future[Any] | None:
+        """Issue a hot-path command without awaiting it, when the pipe is up; else None."""
+        pipe = self.pipe
+        return pipe.send_now(*args) if pipe is not None else None
 
     async def _evalsha(self, keys_: list[str], args: list[str]) -> Any:
         try:

@@ -7,7 +7,12 @@ command costs more than Redis does, and a full pool stalls every request
 behind it. Redis answers commands on one connection in order, so this client
 writes each command at once on a single shared connection and resolves the
 callers' futures as the replies arrive (parsed by hiredis): many requests in
-flight, one ``write`` and no lock per command.
+flight and no lock per command. Commands issued during one event-loop turn
+leave in one ``write`` (a burst of REGISTERs costs one syscall here and one
+read in the server), and one deadline covers the whole pipe: when the oldest
+command has waited ``timeout`` seconds every waiting caller gets
+``TimeoutError`` and the connection is dropped (the next command reconnects),
+so callers need no per-command timer.
 
 It speaks only what the registrar's hot path needs (``EVALSHA``, ``SCRIPT
 LOAD``, ``HGETALL``) over ``redis://`` or ``unix://``; for any other URL
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Any
 
 import hiredis
@@ -37,18 +43,22 @@ class _Protocol(asyncio.Protocol):
     def __init__(self, pipe: RespPipe) -> None:
         self.pipe = pipe
         self.reader = hiredis.Reader()
+        self.transport: asyncio.BaseTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
         self.pipe._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         waiting = self.pipe._waiting
+        sent = self.pipe._sent_at
         while True:
             reply = self.reader.gets()
             if reply is False:
                 return
             fut = waiting.popleft()
+            sent.popleft()
             if fut.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -59,22 +69,30 @@ class _Protocol(asyncio.Protocol):
                 fut.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.pipe._lost(exc)
+        # a connection the watchdog dropped has failed its callers already, and a newer
+        # one may be carrying commands by now
+        if self.pipe._transport is self.transport:
+            self.pipe._lost(exc)
 
 
 class RespPipe:
     """One pipelined connection; reconnects on the next command after a loss."""
 
     def __init__(self, *, host: str | None = None, port: int = 6379, path: str | None = None,
-                 password: str | None = None, username: str | None = None, db: int = 0) -> None:
+                 password: str | None = None, username: str | None = None, db: int = 0,
+                 timeout: float = 2.0) -> None:
         self.host, self.port, self.path = host, port, path
         self.password, self.username, self.db = password, username, db
+        self.timeout = timeout
         self._transport: asyncio.WriteTransport | None = None
         self._waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._sent_at: collections.deque[float] = collections.deque()
         self._connecting: asyncio.Future[None] | None = None
+        self._out: list[bytes] = []
+        self._watchdog: asyncio.TimerHandle | None = None
 
     @classmethod
-    def for_client(cls, redis: Any) -> RespPipe | None:
+    def for_client(cls, redis: Any, timeout: float = 2.0) -> RespPipe | None:
         """A pipe to the same server as a redis-py client, or None if it is not plain."""
         pool = getattr(redis, "connection_pool", None)
         kw = getattr(pool, "connection_kwargs", None)
@@ -84,10 +102,11 @@ class RespPipe:
         password, username = kw.get("password"), kw.get("username")
         db = int(kw.get("db") or 0)
         if cls_name == "UnixDomainSocketConnection" and kw.get("path"):
-            return cls(path=str(kw["path"]), password=password, username=username, db=db)
+            return cls(path=str(kw["path"]), password=password, username=username, db=db,
+                       timeout=timeout)
         if cls_name == "Connection":
             return cls(host=str(kw.get("host") or "localhost"), port=int(kw.get("port") or 6379),
-                       password=password, username=username, db=db)
+                       password=password, username=username, db=db, timeout=timeout)
         return None
 
     async def _connect(self) -> None:
@@ -122,23 +141,63 @@ class RespPipe:
 
     def _send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         assert self._transport is not None
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._waiting.append(fut)
-        self._transport.write(_pack(args))
+        self._sent_at.append(time.monotonic())
+        if not self._out:
+            loop.call_soon(self._write_out)
+        self._out.append(_pack(args))
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout / 2, self._watch)
         return fut
+
+    def _write_out(self) -> None:
+        out, self._out = self._out, []
+        if not out:
+            return  # failed and cleared since this write was scheduled
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.write(out[0] if len(out) == 1 else b"".join(out))
+        # else: connection_lost has failed (or will fail) every waiting future
+
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._sent_at:
+            return
+        loop = asyncio.get_running_loop()
+        if time.monotonic() - self._sent_at[0] < self.timeout:
+            self._watchdog = loop.call_later(self.timeout / 2, self._watch)
+            return
+        # Replies come in order: the oldest being late means the server (or the link) is
+        # stuck, and everything queued behind it with it.
+        self._fail_all(TimeoutError(f"store did not answer within {self.timeout:g}s"))
+        t, self._transport = self._transport, None
+        if t is not None:
+            t.abort()
+
+    def send_now(self, *args: Any) -> asyncio.Future[Any] | None:
+        """Queue a command without awaiting; None when the connection is not up yet."""
+        if self._transport is None or self._transport.is_closing():
+            return None
+        return self._send(args)
 
     async def execute(self, *args: Any) -> Any:
         if self._transport is None or self._transport.is_closing():
             await self._ensure()
         return await self._send(args)
 
-    def _lost(self, exc: Exception | None) -> None:
-        self._transport = None
-        err = RedisConnectionError(f"store connection lost: {exc or 'closed'}")
+    def _fail_all(self, err: Exception) -> None:
+        self._out.clear()
+        self._sent_at.clear()
         while self._waiting:
             fut = self._waiting.popleft()
             if not fut.done():
                 fut.set_exception(err)
+
+    def _lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._fail_all(RedisConnectionError(f"store connection lost: {exc or 'closed'}"))
 
     async def close(self) -> None:
         t, self._transport = self._transport, None

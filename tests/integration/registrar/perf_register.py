@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+import redis as redis_sync
+
 from ..gateway_process import GatewayProcess
 from .helpers import HERE, UdpPhone, overrides, provision, write_csv
 
@@ -60,6 +62,25 @@ def _probe(host: str, port: int, user: str, pw: str, stop: threading.Event,
         phone.close()
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process so far (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=6000)
@@ -80,11 +101,16 @@ def main() -> int:
         try:
             os.sched_setaffinity(gw.proc.pid, {0})  # type: ignore[union-attr]
             vh, vp = gw.addr("valkey", "tcp")
+            store = redis_sync.Redis(host=vh, port=vp)
             devices = provision(f"redis://{vh}:{vp}", args.devices + 1)
+            store.config_resetstat()
             probe_dev, devices = devices[0], devices[1:]
             host, port = gw.sip("udp")
+            # the embedded Valkey shares core 0 with the gateway: show each one's share
+            gw_pid = gw.proc.pid  # type: ignore[union-attr]
+            store_pids = _children(gw_pid)
             print(f"{'rate':>6} {'ok':>7} {'failed':>7} {'reg/s':>7} {'p50 ms':>7} "
-                  f"{'p99 ms':>7}  (probe: full 401+200 cycle)")
+                  f"{'p99 ms':>7} {'gw cpu':>6} {'valkey':>6}  (probe: full 401+200 cycle)")
             offset = 0
             for i, rate in enumerate(rates):
                 calls = int(rate * args.seconds)
@@ -107,6 +133,7 @@ def main() -> int:
                          "-d", str(int(args.seconds)), "-p", str(gw.proc.pid)],  # type: ignore
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 started = time.monotonic()
+                cpu0 = (_cpu_seconds(gw_pid), sum(_cpu_seconds(p) for p in store_pids))
                 run = subprocess.run(
                     ["taskset", "-c", "1", "sipp", "-sf", str(HERE / "register_uac.xml"),
                      "-inf", str(csv), "-m", str(calls), "-r", str(rate), "-t", "u1",
@@ -115,6 +142,8 @@ def main() -> int:
                      f"{host}:{port}"],
                     capture_output=True, text=True, cwd=tmp, timeout=args.seconds * 4 + 30)
                 elapsed = time.monotonic() - started
+                cpu_gw = (_cpu_seconds(gw_pid) - cpu0[0]) / elapsed
+                cpu_kv = (sum(_cpu_seconds(p) for p in store_pids) - cpu0[1]) / elapsed
                 stop.set()
                 t.join(10)
                 if spy is not None:
@@ -129,7 +158,13 @@ def main() -> int:
                        else max(lat, default=float("nan")))
                 verdict = "ok" if n_bad <= calls * 0.001 else "FAIL"
                 print(f"{rate:>6} {n_ok:>7} {n_bad:>7} {n_ok / elapsed:>7.0f} {p50:>7.1f} "
-                      f"{p99:>7.1f}  {verdict}", flush=True)
+                      f"{p99:>7.1f} {cpu_gw:>6.0%} {cpu_kv:>6.0%}  {verdict}", flush=True)
+            # where the store's time went (µs per call), for the Lua script's share of core 0
+            stats = store.info("commandstats")
+            top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:5]
+            print("store: " + ", ".join(f"{k.removeprefix('cmdstat_')} {v['calls']}x "
+                                        f"{v['usec_per_call']:.1f}us" for k, v in top))
+            store.close()
         finally:
             gw.stop()
     return 0
