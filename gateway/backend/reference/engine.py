@@ -50,14 +50,18 @@ from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer
 log = logging.getLogger("sipgw.backend")
 
 # Compare-and-set of a call's state: KEYS[1] = call hash; ARGV[1] = ",allowed,states,";
-# ARGV[2] = new state; ARGV[3..] = field/value pairs set with it.
+# ARGV[2] = new state; ARGV[3] = TTL to set with it (0: keep); ARGV[4..] = field/value
+# pairs set with it. Returns {"OK", old state, the record after the change as HGETALL
+# gives it} or {"NO", current state}: the caller answers from that record, no re-read.
 _CAS = """
 local st = redis.call('HGET', KEYS[1], 'state')
-if not st then return 'NO:' end
-if not string.find(ARGV[1], ',' .. st .. ',', 1, true) then return 'NO:' .. st end
+if not st then return {'NO', ''} end
+if not string.find(ARGV[1], ',' .. st .. ',', 1, true) then return {'NO', st} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 'OK:' .. st
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return {'OK', st, redis.call('HGETALL', KEYS[1])}
 """
 
 ACTIVE_TTL = 12 * 3600  # a call record lives this long while active
@@ -156,6 +160,8 @@ class CallEngine:
         self._p = self.config.prefix
         self._cas = redis.register_script(_CAS)
         self._timers: dict[tuple[str, str], Any] = {}  # IDelayedCall
+        # fork-branch sets of calls that ended, to be given ENDED_TTL with the next publish
+        self._ended_sets: list[str] = []
         self.events_key = f"{self._p}events"
 
     # --- keys ------------------------------------------------------------------------
@@ -207,10 +213,13 @@ class CallEngine:
         pipe = self.redis.pipeline(transaction=False)
         n = 0
         for ev in events:
-            pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json())},
+            pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json(), separators=(",", ":"))},
                       maxlen=EVENTS_MAXLEN, approximate=True)
             n += 1
-        if n:
+        ended, self._ended_sets = self._ended_sets, []
+        for key in ended:
+            pipe.expire(key, ENDED_TTL)
+        if n or ended:
             await pipe.execute()
 
     # --- directory -------------------------------------------------------------------
@@ -257,7 +266,10 @@ class CallEngine:
         return ep
 
     async def get_endpoint(self, eid: str) -> Endpoint | None:
-        h = await self.redis.hgetall(self._ep_key(eid))
+        return self._endpoint_record(eid, await self.redis.hgetall(self._ep_key(eid)))
+
+    @staticmethod
+    def _endpoint_record(eid: str, h: dict[Any, Any]) -> Endpoint | None:
         if not h:
             return None
         d = {_s(k): _s(v) for k, v in h.items()}
@@ -279,8 +291,12 @@ class CallEngine:
         eids = sorted(_s(e) for e in await self.redis.smembers(self._user_eps_key(oid)))
         out: list[Endpoint] = []
         stale: list[str] = []
+        pipe = self.redis.pipeline(transaction=False)
         for eid in eids:
-            ep = await self.get_endpoint(eid)
+            pipe.hgetall(self._ep_key(eid))
+        records = await pipe.execute() if eids else []
+        for eid, h in zip(eids, records, strict=True):
+            ep = self._endpoint_record(eid, h)
             if ep is None or ep.user != oid:
                 stale.append(eid)  # expired without a DELETE
             else:
@@ -318,6 +334,10 @@ class CallEngine:
         h = await self.redis.hgetall(self._call_key(cid))
         if not h:
             raise ApiFailure(404, "call_not_found", f"no call {cid}")
+        return self._call_record(cid, h)
+
+    @staticmethod
+    def _call_record(cid: str, h: dict[Any, Any]) -> Call:
         d = {_s(k): _s(v) for k, v in h.items()}
         target = Target(kind=d["target_kind"], value=d["target_value"]) \
             if d.get("target_kind") else None
@@ -331,22 +351,24 @@ class CallEngine:
     async def _transition(self, cid: str, allowed: Iterable[str], new: str,
                           **fields: str) -> str | None:
         """Atomically move ``cid`` to ``new`` if its state is in ``allowed``; old state or None."""
-        args: list[str] = ["," + ",".join(allowed) + ",", new]
+        old, _ = await self._move(cid, allowed, new, **fields)
+        return old
+
+    async def _move(self, cid: str, allowed: Iterable[str], new: str,
+                    **fields: str) -> tuple[str | None, Call | None]:
+        """``_transition`` that also returns the call as it is right after the change."""
+        args: list[str] = ["," + ",".join(allowed) + ",", new,
+                           str(ENDED_TTL if new == "ended" else 0)]
         for k, v in fields.items():
             args += [k, v]
-        res = _s(await self._cas(keys=[self._call_key(cid)], args=args))
-        if res.startswith("OK:"):
-            if new == "ended":
-                await self._expire_call(cid, ENDED_TTL)
-                self._cancel_timers(cid)
-            return res[3:]
-        return None
-
-    async def _expire_call(self, cid: str, ttl: int) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for key in (self._call_key(cid), self._offered_key(cid), self._dropped_key(cid)):
-            pipe.expire(key, ttl)
-        await pipe.execute()
+        res = await self._cas(keys=[self._call_key(cid)], args=args)
+        if _s(res[0]) != "OK":
+            return None, None
+        if new == "ended":
+            self._ended_sets += [self._offered_key(cid), self._dropped_key(cid)]
+            self._cancel_timers(cid)
+        flat = res[2]
+        return _s(res[1]), self._call_record(cid, dict(zip(flat[::2], flat[1::2], strict=True)))
 
     async def create_call(self, body: CallCreate) -> Call:
         """``POST /v1/calls`` from a SIP device endpoint."""
@@ -443,8 +465,9 @@ class CallEngine:
             "created": repr(time.time())})
         if offered:
             pipe.sadd(self._offered_key(cid), *offered)
+        for key in (self._call_key(cid), self._offered_key(cid), self._dropped_key(cid)):
+            pipe.expire(key, ACTIVE_TTL)
         await pipe.execute()
-        await self._expire_call(cid, ACTIVE_TTL)
         return cid
 
     def _caller_display(self, from_user: str) -> str:
@@ -462,10 +485,14 @@ class CallEngine:
         caller_display = self._caller_display(from_user)
         if not available:
             reason = "dnd" if eps else "unavailable"
-            await self._transition(cid, ("offered",), "ended", end_reason=reason)
+            _, ended = await self._move(cid, ("offered",), "ended", end_reason=reason)
             await self.publish([Event(type="call.rejected", call_id=cid, user=from_user,
                                       endpoint_id=from_endpoint, reason=reason)])
-            return await self.get_call(cid)
+            return ended or await self.get_call(cid)
+        # the record as written; the answer to POST /v1/calls is a snapshot at creation
+        call = Call(call_id=cid, state="offered", from_user=from_user,
+                    from_endpoint=from_endpoint, target=target, callee_user=callee.oid,
+                    created=time.time())
         await self.publish(
             Event(type="call.incoming", call_id=cid, user=callee.oid, endpoint_id=e.endpoint_id,
                   sdp=sdp_offer, caller=caller_display, callee=callee.number or callee.upn)
@@ -474,8 +501,8 @@ class CallEngine:
                     lambda: self._no_answer(cid))
         for e in available:
             if e.kind == "teams-desktop":  # simulated clients ring at once
-                await self.ringing(cid, e.endpoint_id)
-        return await self.get_call(cid)
+                call = await self.ringing(cid, e.endpoint_id)
+        return call
 
     async def _call_simulated(self, from_user: str, from_endpoint: str, target: Target,
                               sdp_offer: str, outcome: str, location: str) -> Call:
@@ -525,45 +552,65 @@ class CallEngine:
 
     async def _cancel_branches(self, cid: str, callee: str, reason: str,
                                exclude: str) -> list[Event]:
-        offered = {_s(e) for e in await self.redis.smembers(self._offered_key(cid))}
-        dropped = {_s(e) for e in await self.redis.smembers(self._dropped_key(cid))}
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.smembers(self._offered_key(cid))
+        pipe.smembers(self._dropped_key(cid))
+        offered_raw, dropped_raw = await pipe.execute()
+        offered = {_s(e) for e in offered_raw}
+        dropped = {_s(e) for e in dropped_raw}
         return [Event(type="call.cancelled", call_id=cid, user=callee, endpoint_id=eid,
                       reason=reason)
                 for eid in sorted(offered - dropped - {exclude})]
 
     async def _offered_endpoint(self, cid: str, eid: str) -> Call:
-        call = await self.get_call(cid)
-        if not await self.redis.sismember(self._offered_key(cid), eid):
-            raise ApiFailure(403, "not_offered", f"call {cid} was not offered to {eid}")
+        call, _ = await self._offered_call(cid, eid)
         return call
+
+    async def _offered_call(self, cid: str, eid: str) -> tuple[Call, bool]:
+        """The call offered to ``eid`` and whether ``eid`` already dropped out (one round
+        trip)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self._call_key(cid))
+        pipe.sismember(self._offered_key(cid), eid)
+        pipe.sismember(self._dropped_key(cid), eid)
+        h, offered, dropped = await pipe.execute()
+        if not h:
+            raise ApiFailure(404, "call_not_found", f"no call {cid}")
+        if not offered:
+            raise ApiFailure(403, "not_offered", f"call {cid} was not offered to {eid}")
+        return self._call_record(cid, h), bool(dropped)
 
     async def ringing(self, cid: str, eid: str) -> Call:
         call = await self._offered_endpoint(cid, eid)
-        if await self._transition(cid, ("offered",), "ringing") is not None:
+        old, after = await self._move(cid, ("offered",), "ringing")
+        if old is not None:
             await self.publish([Event(type="call.ringing", call_id=cid, user=call.from_user,
                                       endpoint_id=call.from_endpoint)])
-        elif call.state not in ("ringing",):
+            return after or call
+        if call.state not in ("ringing",):
             raise ApiFailure(409, "call_not_ringing", f"call {cid} is {call.state}")
         return await self.get_call(cid)
 
     async def answer(self, cid: str, body: Answer) -> Call:
-        call = await self._offered_endpoint(cid, body.endpoint_id)
-        if await self.redis.sismember(self._dropped_key(cid), body.endpoint_id):
+        call, dropped = await self._offered_call(cid, body.endpoint_id)
+        if dropped:
             raise ApiFailure(409, "call_not_ringing", "this endpoint already rejected the call")
-        if await self._transition(cid, ("offered", "ringing"), "connected",
-                                  answered_endpoint=body.endpoint_id,
-                                  sdp_answer=body.sdp_answer,
-                                  answered_at=repr(time.time())) is None:
+        old, after = await self._move(cid, ("offered", "ringing"), "connected",
+                                      answered_endpoint=body.endpoint_id,
+                                      sdp_answer=body.sdp_answer,
+                                      answered_at=repr(time.time()))
+        if old is None:
             fresh = await self.get_call(cid)
             code = "answered_elsewhere" if fresh.state == "connected" else "call_not_ringing"
             raise ApiFailure(409, code, f"call {cid} is {fresh.state}")
         self._cancel_timer(cid, "no_answer")
         events = [Event(type="call.answered", call_id=cid, user=call.from_user,
                         endpoint_id=call.from_endpoint, sdp=body.sdp_answer)]
-        events += await self._cancel_branches(cid, call.callee_user, "answered_elsewhere",
-                                              exclude=body.endpoint_id)
+        if call.callee_user:  # a forked call: the other branches stop ringing
+            events += await self._cancel_branches(cid, call.callee_user, "answered_elsewhere",
+                                                  exclude=body.endpoint_id)
         await self.publish(events)
-        return await self.get_call(cid)
+        return after or await self.get_call(cid)
 
     async def reoffer(self, cid: str, body: Reoffer) -> str:
         """``POST /v1/calls/{id}/reoffer``: a party re-offers (hold, resume, refresh).
@@ -620,12 +667,13 @@ class CallEngine:
         call = await self.get_call(cid)
         if eid != call.from_endpoint:
             raise ApiFailure(403, "not_caller", f"only the calling endpoint may cancel {cid}")
-        if await self._transition(cid, ("offered", "ringing"), "ended",
-                                  end_reason="caller_cancelled") is None:
+        old, after = await self._move(cid, ("offered", "ringing"), "ended",
+                                      end_reason="caller_cancelled")
+        if old is None:
             raise ApiFailure(409, "call_not_ringing", f"call {cid} is {call.state}")
         await self.publish(await self._cancel_branches(cid, call.callee_user,
                                                        "caller_cancelled", exclude=""))
-        return await self.get_call(cid)
+        return after or await self.get_call(cid)
 
     async def hangup(self, cid: str, eid: str) -> Call:
         call = await self.get_call(cid)
@@ -633,11 +681,12 @@ class CallEngine:
             return await self.cancel(cid, eid)
         if eid not in (call.from_endpoint, call.answered_endpoint):
             raise ApiFailure(403, "not_a_party", f"{eid} is not a party of call {cid}")
-        if await self._transition(cid, ("connected",), "ended", end_reason="hangup",
-                                  ended_by=eid) is None:
+        old, after = await self._move(cid, ("connected",), "ended", end_reason="hangup",
+                                      ended_by=eid)
+        if old is None:
             raise ApiFailure(409, "call_not_connected", f"call {cid} is {call.state}")
         await self.publish(self._other_party_events(call, eid, "call.ended", reason="hangup"))
-        return await self.get_call(cid)
+        return after or await self.get_call(cid)
 
     async def far_end_hangup(self, cid: str) -> Call:
         """The simulated PSTN/meeting/emergency party hangs up (``/v1/sim/calls/{id}/hangup``)."""

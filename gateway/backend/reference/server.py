@@ -457,7 +457,8 @@ def build_site(engine: CallEngine, token: str) -> tuple[Site, EventStreamFactory
     rest = RestResource(Api(engine), token)
     ws_factory = EventStreamFactory(engine, token)
     root = _Root(V1Resource(rest, WebSocketResource(ws_factory)), rest)
-    site = Site(root)
+    # the API takes JSON only: no form parsing (twisted.web's goes through the email package)
+    site = Site(root, parsePOSTFormSubmission=False)
     site.displayTracebacks = False
     return site, ws_factory
 
