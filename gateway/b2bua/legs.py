@@ -26,7 +26,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.sip.dialog import Dialog
@@ -85,7 +85,8 @@ class Leg:
 
     # -- serialisation -------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # the fields are JSON types already: no deep copy (asdict) on every save
+        return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Leg:

@@ -119,7 +119,7 @@ class BackendClient:
             tls = std_ssl.create_default_context(cafile=ca_file or None)
         self._prefix = parsed.path.rstrip("/")
         self._http = _HttpPool(parsed.hostname, parsed.port or (443 if tls else 80), tls,
-                               max_idle=8)
+                               max_idle=64)
         host_header = parsed.netloc.rsplit("@", 1)[-1]
         self._fixed_headers = (f"Host: {host_header}\r\nAuthorization: Bearer {token}\r\n"
                                "Accept: application/json\r\n").encode("latin-1")
