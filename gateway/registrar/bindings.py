@@ -169,6 +169,10 @@ class BindingStore:
 
     async def _evalsha(self, keys_: list[str], args: list[str]) -> Any:
         try:
+            pipe = self.pipe
+            if pipe is not None:
+                return await pipe.execute("EVALSHA", self._register_sha, len(keys_), *keys_,
+                                          *args)
             return await self.command("EVALSHA", self._register_sha, len(keys_), *keys_, *args)
         except NoScriptError:
             await self.command("SCRIPT", "LOAD", _REGISTER_LUA)
@@ -190,20 +194,24 @@ class BindingStore:
                     guard: GuardConfig | None = None) -> RegisterResult:
         """One authenticated REGISTER in one round trip: admission, nc, HA1, bindings."""
         g = guard or GuardConfig()
-        ops = [{"k": op.key, "x": op.binding.expires if op.binding else 0,
-                "d": op.binding.to_json() if op.binding else ""} for op in u.ops]
-        fields: list[str] = []
+        # device fields, then one (key, expiry, JSON or "") triple per op, as plain ARGV:
+        # no JSON layer for the script to decode
+        extra: list[str] = []
         for k, v in u.device_fields.items():
-            fields += [k, v]
+            extra += (k, v)
+        for op in u.ops:
+            b = op.binding
+            extra += (op.key, repr(b.expires), b.to_json()) if b is not None else \
+                (op.key, "0", "")
         gk, ga = self._guard_part(g, u.source_ip, u.username, now)
         res = await self._evalsha(
             [keys.nonce_count(u.nonce), keys.bindings(u.aor), keys.binding_expiry(u.aor),
              keys.registrations_index(), keys.device(u.device_id), keys.devices_seen(),
              keys.device_auth(u.username), *gk],
             [repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), u.call_id, str(u.cseq),
-             str(max_bindings), json.dumps(ops) if ops else "[]", "1" if u.wildcard else "0",
+             str(max_bindings), str(len(u.ops)), "1" if u.wildcard else "0",
              u.aor, u.device_id, u.source_ip, str(KEY_SLACK), "1" if u.apply else "0",
-             json.dumps(fields), "reg", *ga, u.ha1_field, u.ha1, "1"])
+             str(2 * len(u.device_fields)), "reg", *ga, u.ha1_field, u.ha1, "1", *extra])
         outcome = res[0].decode()
         detail = res[1].decode() if len(res) > 1 and isinstance(res[1], bytes) else ""
         if outcome != "ok":
@@ -218,8 +226,8 @@ class BindingStore:
         gk, ga = self._guard_part(g, source_ip, user, now)
         res = await self._evalsha(
             ["", "", "", "", "", "", keys.device_auth(user), *gk],
-            [repr(now), "0", "0", "", "0", "0", "[]", "0", "", "", source_ip, str(KEY_SLACK),
-             "0", "[]", "fail", *ga, "", "", "1" if username else "0"])
+            [repr(now), "0", "0", "", "0", "0", "0", "0", "", "", source_ip, str(KEY_SLACK),
+             "0", "0", "fail", *ga, "", "", "1" if username else "0"])
         return RegisterResult(res[0].decode(), [],
                               res[1].decode() if isinstance(res[1], bytes) else "")
 
@@ -294,11 +302,13 @@ def _decode_live(raw: Sequence[Any], now: float) -> list[Binding]:
 # KEYS: 1 nc, 2 bindings hash, 3 expiry zset, 4 reg index, 5 device hash, 6 devices seen,
 #       7 device auth hash, 8 rate src, 9 rate acct, 10 block src, 11 block acct,
 #       12 failures src, 13 failures acct
-# ARGV: 1 now, 2 nc, 3 nc ttl ms, 4 call-id, 5 cseq, 6 max bindings, 7 ops json,
-#       8 wildcard, 9 aor, 10 device id, 11 source ip, 12 key slack, 13 apply, 14 fields json,
-#       15 mode (reg|fail), 16 rate key ttl, 17 source rate, 18 account rate,
-#       19 failure window, 20 source failure threshold, 21 account failure threshold,
-#       22 block seconds, 23 ha1 field, 24 ha1, 25 has account (1/0)
+# ARGV: 1 now, 2 nc, 3 nc ttl ms, 4 call-id, 5 cseq, 6 max bindings, 7 number of ops,
+#       8 wildcard, 9 aor, 10 device id, 11 source ip, 12 key slack, 13 apply,
+#       14 number of device field items (2 per field), 15 mode (reg|fail), 16 rate key ttl,
+#       17 source rate, 18 account rate, 19 failure window, 20 source failure threshold,
+#       21 account failure threshold, 22 block seconds, 23 ha1 field, 24 ha1,
+#       25 has account (1/0), then the device fields (name, value, ...), then per op:
+#       binding key, absolute expiry, binding JSON ("" removes)
 _COMMON_LUA = """
 local function purge(hkey, zkey, now)
   local gone = redis.call('ZRANGEBYSCORE', zkey, '-inf', now)
@@ -390,15 +400,22 @@ if ARGV[23] ~= '' and redis.call('HGET', KEYS[7], ARGV[23]) ~= ARGV[24] then
   return {'cred', ''}
 end
 local nc = tonumber(ARGV[2])
-if nc > 0 then
+if nc == 1 then
+  -- the first use of a nonce (the answer to a challenge): one call
+  if not redis.call('SET', KEYS[1], 1, 'PX', ARGV[3], 'NX') then
+    return {'replay', redis.call('GET', KEYS[1]) or ''}
+  end
+elseif nc > 1 then
   local seen = redis.call('GET', KEYS[1])
   if seen and tonumber(seen) >= nc then return {'replay', seen} end
   redis.call('SET', KEYS[1], nc, 'PX', ARGV[3])
 end
-if redis.call('EXISTS', KEYS[5]) == 0 then return {'gone', ''} end
-local fields = cjson.decode(ARGV[14])
-if #fields > 0 then redis.call('HSET', KEYS[5], unpack(fields)) end
-redis.call('HSET', KEYS[5], 'last_seen', ARGV[1])
+-- the device's pairing, for listeners (e.g. the B2BUA's endpoint sync) to skip a read;
+-- a device hash always has device_id: none means the device is gone
+local su = redis.call('HMGET', KEYS[5], 'device_id', 'state', 'user')
+if not su[1] then return {'gone', ''} end
+local nf = tonumber(ARGV[14])
+redis.call('HSET', KEYS[5], 'last_seen', ARGV[1], unpack(ARGV, 26, 25 + nf))
 redis.call('ZADD', KEYS[6], now, ARGV[10])
 redis.call('HSET', KEYS[7], 'last_ip', ARGV[11])
 purge(KEYS[2], KEYS[3], now)
@@ -420,33 +437,32 @@ if ARGV[13] == '1' then
     end
     redis.call('DEL', KEYS[2], KEYS[3])
   else
-    local ops = cjson.decode(ARGV[7])
+    local first = 26 + nf
+    local last = first + 3 * tonumber(ARGV[7]) - 1
     local count = redis.call('HLEN', KEYS[2])
-    for _, op in ipairs(ops) do
-      local old = redis.call('HGET', KEYS[2], op['k'])
+    for i = first, last, 3 do
+      local old = redis.call('HGET', KEYS[2], ARGV[i])
       if old then
-        if not in_order(old) then return {'cseq', op['k']} end
-        if op['d'] == '' then count = count - 1 end
-      elseif op['d'] ~= '' then
+        if not in_order(old) then return {'cseq', ARGV[i]} end
+        if ARGV[i + 2] == '' then count = count - 1 end
+      elseif ARGV[i + 2] ~= '' then
         count = count + 1
       end
     end
     if count > tonumber(ARGV[6]) then return {'toomany', tostring(count)} end
-    for _, op in ipairs(ops) do
-      if op['d'] == '' then
-        redis.call('HDEL', KEYS[2], op['k'])
-        redis.call('ZREM', KEYS[3], op['k'])
+    for i = first, last, 3 do
+      if ARGV[i + 2] == '' then
+        redis.call('HDEL', KEYS[2], ARGV[i])
+        redis.call('ZREM', KEYS[3], ARGV[i])
       else
-        redis.call('HSET', KEYS[2], op['k'], op['d'])
-        redis.call('ZADD', KEYS[3], op['x'], op['k'])
+        redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+        redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i])
       end
     end
   end
   retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]), now)
 end
--- the device's pairing, for listeners (e.g. the B2BUA's endpoint sync) to skip a read
-local su = redis.call('HMGET', KEYS[5], 'state', 'user')
-local out = {'ok', (su[1] or '') .. '\t' .. (su[2] or '')}
+local out = {'ok', (su[2] or '') .. '\t' .. (su[3] or '')}
 for _, v in ipairs(redis.call('HVALS', KEYS[2])) do table.insert(out, v) end
 return out
 """

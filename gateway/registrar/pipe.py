@@ -32,6 +32,13 @@ from redis.exceptions import NoScriptError, ResponseError
 
 
 def _pack(args: tuple[Any, ...]) -> bytes:
+    try:
+        return hiredis.pack_command(args)  # type: ignore[no-any-return]  # C, ~4x faster
+    except (UnicodeEncodeError, TypeError):
+        return _pack_py(args)  # text that came in undecodable (surrogate escapes)
+
+
+def _pack_py(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
         b = a if isinstance(a, bytes) else str(a).encode("utf-8", "surrogateescape")

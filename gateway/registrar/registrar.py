@@ -12,7 +12,6 @@ re-check and the binding update in one round trip.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email.utils
 import logging
 import random
@@ -21,6 +20,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import RedisError
@@ -360,19 +360,18 @@ class Registrar:
         verdict = self._evaluate(ua)
         fields = self._verdict_fields(verdict, ua, now)
         aor = f"sip:{creds.username}@{self.auth.realm}"
-        base = RegisterUpdate(
+        base: dict[str, Any] = dict(
             aor=aor, device_id=auth.device_id, username=username,
             call_id=request.call_id, cseq=request.cseq.number, nonce=creds.nonce, nc=_nc(creds),
             nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host, device_fields=fields,
             ha1_field=_HA1_FIELD[creds.algorithm], ha1=auth.ha1[creds.algorithm])
         if not verdict.admitted:
-            await self._apply(dataclasses.replace(base, apply=False), now)
+            await self._apply(RegisterUpdate(**base, apply=False), now)
             raise _Reject(403, verdict.reason or "device firmware not admitted")
 
         ops, wildcard, outbound, path = self._contact_ops(request, peer, node_id, aor,
                                                           auth.device_id, ua, now)
-        result = await self._apply(
-            dataclasses.replace(base, ops=ops, wildcard=wildcard), now)
+        result = await self._apply(RegisterUpdate(**base, ops=ops, wildcard=wildcard), now)
         outcome = result.outcome
         if outcome == "ok":
             if wildcard or any(op.binding is None for op in ops):
@@ -676,8 +675,7 @@ def _tag() -> str:
 
 
 def _unescape(user: str) -> str:
-    from urllib.parse import unquote
-    return unquote(user)
+    return unquote(user) if "%" in user else user
 
 
 def _norm_aor(aor: str) -> str:

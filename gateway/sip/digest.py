@@ -26,6 +26,7 @@ import enum
 import hashlib
 import hmac
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 
@@ -65,6 +66,8 @@ def canonical_algorithm(value: str | None) -> str:
     """The algorithm token in canonical case; absent means MD5 (RFC 2617 §3.2.1)."""
     if value is None or value == "":
         return "MD5"
+    if value in ALGORITHMS:
+        return value
     for name in ALGORITHMS:
         if name.lower() == value.lower():
             return name
@@ -72,6 +75,16 @@ def canonical_algorithm(value: str | None) -> str:
 
 
 # -- header parameter syntax (RFC 7616 §3.3, §3.4; RFC 3261 §25.1 digest-cln) -------
+
+# The shape nearly every client sends: ``Digest`` and name=value pairs, quoted values
+# without escapes. One match proves the whole header well formed; anything else (other
+# schemes' case, escapes, empty list elements, duplicates …) takes the general parser.
+_NAME = r"[A-Za-z0-9\-.!%*_+`'~]+"
+_PAIR = rf"{_NAME}[ \t]*=[ \t]*(?:\"[^\"\\\r\n\x00]*\"|[A-Za-z0-9\-.!%*_+`'~/:=@?\[\]]+)"
+_FAST_AUTH_RE = re.compile(rf"Digest[ \t]+{_PAIR}(?:[ \t]*,[ \t]*{_PAIR})*")
+_FAST_PAIR_RE = re.compile(
+    rf"({_NAME})[ \t]*=[ \t]*(?:\"([^\"\\\r\n\x00]*)\"|([A-Za-z0-9\-.!%*_+`'~/:=@?\[\]]+))")
+
 
 def parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
     """Split ``Digest a=b, c="x, y"`` into the scheme and a dict of parameters.
@@ -82,6 +95,16 @@ def parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
     text = text.strip()
     if len(text) > 8192:
         raise DigestError("authentication header too long")
+    if _FAST_AUTH_RE.fullmatch(text) is not None:
+        pairs = _FAST_PAIR_RE.findall(text, 7)
+        fast = {name.lower(): quoted or token for name, quoted, token in pairs}
+        if len(fast) == len(pairs) <= _MAX_PARAMS and (
+                len(text) <= _MAX_VALUE or all(len(v) <= _MAX_VALUE for v in fast.values())):
+            return "Digest", fast
+    return _parse_auth_params(text)
+
+
+def _parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
     i = 0
     n = len(text)
     while i < n and text[i] in _TOKEN_CHARS:
@@ -217,6 +240,11 @@ class DigestChallenge:
                    opaque=p.get("opaque"), stale=p.get("stale", "").lower() == "true")
 
 
+_NC_RE = re.compile(r"[0-9a-fA-F]{8}")
+_KNOWN_CRED_PARAMS = frozenset({"username", "realm", "nonce", "uri", "response", "algorithm",
+                                "qop", "nc", "cnonce", "opaque"})
+
+
 @dataclass(frozen=True, slots=True)
 class DigestCredentials:
     """An ``Authorization: Digest`` value (RFC 7616 §3.4, RFC 3261 §22.4).
@@ -254,20 +282,19 @@ class DigestCredentials:
                 raise DigestError(f"unsupported qop {qop[:20]!r}")
             qop = "auth"
             nc_text = p.get("nc", "")
-            if len(nc_text) != 8 or any(c not in "0123456789abcdefABCDEF" for c in nc_text):
+            if _NC_RE.fullmatch(nc_text) is None:
                 raise DigestError("qop=auth needs an 8-hex-digit nc")
             nc = int(nc_text, 16)
             if nc == 0:
                 raise DigestError("nonce count must start at 1")
             if not cnonce:
                 raise DigestError("qop=auth needs a cnonce")
-        known = {"username", "realm", "nonce", "uri", "response", "algorithm", "qop", "nc",
-                 "cnonce", "opaque"}
         return cls(username=p["username"], realm=p["realm"], nonce=p["nonce"], uri=p["uri"],
                    response=p["response"].lower(),
                    algorithm=canonical_algorithm(p.get("algorithm")), qop=qop, nc=nc,
                    cnonce=cnonce, opaque=p.get("opaque"),
-                   extra={k: v for k, v in p.items() if k not in known})
+                   extra={k: v for k, v in p.items() if k not in _KNOWN_CRED_PARAMS}
+                   if len(p) > len(p.keys() & _KNOWN_CRED_PARAMS) else {})
 
     def __str__(self) -> str:
         params: list[tuple[str, str]] = [
@@ -348,7 +375,8 @@ class NonceFactory:
         self.max_skew = max_skew
 
     def _mac(self, secret: bytes, head: bytes) -> bytes:
-        return hmac.new(secret, head + b"|" + self._realm, hashlib.sha256).digest()[:_NONCE_MAC]
+        # the one-shot form: no HMAC object per nonce
+        return hmac.digest(secret, head + b"|" + self._realm, "sha256")[:_NONCE_MAC]
 
     def issue(self, now: float, *, random_bytes: bytes | None = None) -> str:
         rnd = random_bytes if random_bytes is not None else os.urandom(_NONCE_RANDOM)
@@ -367,7 +395,10 @@ class NonceFactory:
         if len(raw) != _NONCE_LEN:
             return NonceCheck(NonceStatus.INVALID)
         head, mac = raw[: 8 + _NONCE_RANDOM], raw[8 + _NONCE_RANDOM :]
-        if not any(hmac.compare_digest(mac, self._mac(s, head)) for s in self._secrets):
+        for secret in self._secrets:
+            if hmac.compare_digest(mac, self._mac(secret, head)):
+                break
+        else:
             return NonceCheck(NonceStatus.INVALID)
         issued = struct.unpack(">Q", head[:8])[0] / 1000.0
         if issued > now + self.max_skew:

@@ -6,11 +6,15 @@ headers) hash it, so an attacker cannot create huge or odd key names.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 PREFIX = "sipgw:"
 
 
+# One REGISTER names the same username and source address in several keys, and a
+# device's next REGISTER names them again: remember the hashes (bounded).
+@functools.lru_cache(maxsize=65536)
 def _h(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 

@@ -97,9 +97,15 @@ def main() -> int:
             (tmp / "shim").mkdir()
             (tmp / "shim" / "sitecustomize.py").write_text(_SHIM)
             env = {"PYTHONPATH": str(tmp / "shim"), "PERF_LIFT_SOURCE_LIMIT": "1"}
-        gw = GatewayProcess(tmp, overrides(redis={"embedded_tcp_port": 0}), env=env).start()
+        # Spawned on core 0 so every thread and the Valkey child inherit it (pinning the
+        # process afterwards would leave Valkey and early threads free to use core 1).
+        mine = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {0})
         try:
-            os.sched_setaffinity(gw.proc.pid, {0})  # type: ignore[union-attr]
+            gw = GatewayProcess(tmp, overrides(redis={"embedded_tcp_port": 0}), env=env).start()
+        finally:
+            os.sched_setaffinity(0, mine)
+        try:
             vh, vp = gw.addr("valkey", "tcp")
             store = redis_sync.Redis(host=vh, port=vp)
             devices = provision(f"redis://{vh}:{vp}", args.devices + 1)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.sip import message as message_module
 from gateway.sip import timers as timers_module
+from gateway.sip.digest import DigestError, _parse_auth_params, parse_auth_params
 from gateway.sip.errors import SipParseError
 from gateway.sip.headers import VIA_PARTS_RE, Via
 from gateway.sip.message import ParseFailure, SipRequest, build_response, parse_message
@@ -318,4 +319,30 @@ def test_odd_heads_take_the_general_path_even_after_caching(data: bytes) -> None
     # cache every plain line of the message first, then check the odd one
     message_module._fields(data.replace(b"\r\n  ", b"\r\nX: ").replace(b"\r\n\t", b"\r\n"))
     fast, general = _both(data)
+    assert fast == general
+
+
+# -- Authorization: the one-regex path agrees with the general parser --------------------
+
+_AUTH_PIECES = st.sampled_from([
+    'username="alice"', "realm=\"example.com\"", 'nonce="abc=="', 'uri="sip:example.com"',
+    'response="0123abcd"', "algorithm=MD5", "algorithm=sha-256", "qop=auth", "nc=00000001",
+    'cnonce="x y"', 'opaque=""', 'Username="Bob"', 'username="a\\"b"', 'realm="a,b"',
+    "stale=true", "x=y=z", 'bad="\x00"', "nc=", "=1", 'q="unterminated', "a = b"])
+_AUTH_SEPS = st.sampled_from([",", ", ", " , ", ",,", " ", "\t,", ""])
+
+
+@given(st.sampled_from(["Digest ", "digest ", "Digest\t", "Basic ", "Digest  ", "Digest"]),
+       st.lists(st.tuples(_AUTH_PIECES, _AUTH_SEPS), max_size=12))
+def test_auth_params_fast_path_matches_general(scheme: str,
+                                               parts: list[tuple[str, str]]) -> None:
+    text = scheme + "".join(p + sep for p, sep in parts)
+    try:
+        general: object = _parse_auth_params(text.strip())
+    except DigestError as e:
+        general = type(e)
+    try:
+        fast: object = parse_auth_params(text)
+    except DigestError as e:
+        fast = type(e)
     assert fast == general
