@@ -153,8 +153,9 @@ class LegStore:
         return f"{self.p}se"
 
     async def save(self, leg: Leg, *, se_deadline: float | None = None) -> None:
-        """Write the leg and its indexes and refresh their TTLs."""
-        pipe = self.redis.pipeline(transaction=True)
+        """Write the leg and its indexes and refresh their TTLs (one round trip; no MULTI:
+        each write stands alone and the next save rewrites them all)."""
+        pipe = self.redis.pipeline(transaction=False)
         pipe.set(self._leg(leg.leg_id), leg.to_json(), ex=self.ttl)
         pipe.set(self._dlg(leg.dialog_key), leg.leg_id, ex=self.ttl)
         pipe.sadd(self._call(leg.backend_call_id), leg.leg_id)

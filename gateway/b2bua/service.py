@@ -180,6 +180,16 @@ class _Branch:
     cancelled: bool = False
 
 
+@dataclass(frozen=True)
+class _KnownDevice:
+    """What an offered call needs of a device this node registered (from its Registration
+    event): its AOR never changes, and the callee user comes with the offer."""
+
+    device_id: str
+    aor: str
+    user: str
+
+
 @dataclass
 class _Inbound:
     """A backend offer forked to one device's registered contacts (UAC side, §13.2)."""
@@ -219,6 +229,7 @@ class B2BUA:
         self._locks: dict[str, asyncio.Lock] = {}
         # endpoint id -> (user, monotonic time its backend lifetime ends, lifetime granted)
         self._endpoints: dict[str, tuple[str, float, int]] = {}
+        self._aors: dict[str, str] = {}  # device id -> AOR, from Registration events
         self._tasks = TaskSet(log, "b2bua")
         self._stream: Any = None
         self._stopped = False
@@ -316,6 +327,10 @@ class B2BUA:
         belongs to changes; it is withdrawn when the last binding goes.
         """
         eid = endpoint_id_for(reg.device_id)
+        if reg.bindings:
+            self._aors[reg.device_id] = reg.aor
+        else:
+            self._aors.pop(reg.device_id, None)
         if not reg.paired_user:
             self._endpoints.pop(eid, None)  # signed out: the binder withdrew it
             return
@@ -1031,9 +1046,17 @@ class B2BUA:
         if key in self._inbound:
             return
         device_id = device_id_for(ev.endpoint_id)
-        device = await self.gw.devices.get(device_id) if device_id else None
-        if device is None:
+        if not device_id:
             return
+        aor = self._aors.get(device_id)
+        device: Any
+        if aor is not None and ev.user:
+            # registered here: no device read (an offboarded device has no bindings left)
+            device = _KnownDevice(device_id, aor, ev.user)
+        else:
+            device = await self.gw.devices.get(device_id)
+            if device is None:
+                return
         bindings = [b for b in await self.gw.registrar.lookup(device.aor)
                     if b.node_id == self.gw.node_id]
         if not bindings:

@@ -402,8 +402,11 @@ class EventStreamProtocol(WebSocketServerProtocol):
                     for eid, fields in entries:
                         last = _s(eid)
                         raw = fields.get(b"e", fields.get("e"))
+                        if not self._users:
+                            self.sendMessage(_with_id(raw, last))
+                            continue
                         ev = json.loads(_s(raw))
-                        if self._users and ev.get("user") not in self._users:
+                        if ev.get("user") not in self._users:
                             continue
                         ev["id"] = last
                         self.sendMessage(json.dumps(ev).encode("utf-8"))
@@ -414,6 +417,18 @@ class EventStreamProtocol(WebSocketServerProtocol):
                 return  # redis-py turns the cancellation at close into its own errors
             log.exception("event stream to a subscriber failed")
             self.sendClose(4500, "event stream failed")
+
+
+def _with_id(raw: bytes | str, event_id: str) -> bytes:
+    """The stored event (a JSON object written by ``CallEngine.publish``) with its stream
+    id added, without decoding it: an unfiltered subscriber gets every event as stored."""
+    data = raw.encode("utf-8") if isinstance(raw, str) else raw
+    body = data.rstrip()
+    if not body.endswith(b"}") or body == b"{}":
+        obj = json.loads(data)
+        obj["id"] = event_id
+        return json.dumps(obj).encode("utf-8")
+    return body[:-1] + b',"id":' + json.dumps(event_id).encode("ascii") + b"}"
 
 
 def _valid_stream_id(v: str) -> bool:
