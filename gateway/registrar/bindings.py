@@ -216,7 +216,10 @@ class BindingStore:
         detail = res[1].decode() if len(res) > 1 and isinstance(res[1], bytes) else ""
         if outcome != "ok":
             return RegisterResult(outcome, [], detail)
-        return RegisterResult("ok", _decode_live(res[2:], now), detail)
+        # the script returns the AOR's other bindings; ours are what it just wrote
+        mine = [op.binding for op in u.ops if op.binding is not None] \
+            if u.apply and not u.wildcard else []
+        return RegisterResult("ok", _decode_live(res[2:], now, mine), detail)
 
     async def record_failure(self, source_ip: str, username: str | None, now: float, *,
                              guard: GuardConfig | None = None) -> RegisterResult:
@@ -289,13 +292,14 @@ class BindingStore:
         return [a.decode() for a in raw]
 
 
-def _decode_live(raw: Sequence[Any], now: float) -> list[Binding]:
-    out = []
+def _decode_live(raw: Sequence[Any], now: float, known: Sequence[Binding] = ()) -> list[Binding]:
+    out = [b for b in known if b.expires > now]
     for item in raw:
         b = Binding.from_json(item)
         if b is not None and b.expires > now:
             out.append(b)
-    out.sort(key=lambda b: (-(b.q if b.q is not None else 1.0), b.key))
+    if len(out) > 1:
+        out.sort(key=lambda b: (-(b.q if b.q is not None else 1.0), b.key))
     return out
 
 
@@ -419,6 +423,8 @@ redis.call('HSET', KEYS[5], 'last_seen', ARGV[1], unpack(ARGV, 26, 25 + nf))
 redis.call('ZADD', KEYS[6], now, ARGV[10])
 redis.call('HSET', KEYS[7], 'last_ip', ARGV[11])
 purge(KEYS[2], KEYS[3], now)
+-- bindings this request wrote: the caller has them already, only the others are returned
+local written = {}
 if ARGV[13] == '1' then
   local callid = ARGV[4]
   local cseq = tonumber(ARGV[5])
@@ -457,12 +463,16 @@ if ARGV[13] == '1' then
       else
         redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
         redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i])
+        written[ARGV[i]] = true
       end
     end
   end
   retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]), now)
 end
 local out = {'ok', (su[2] or '') .. '\t' .. (su[3] or '')}
-for _, v in ipairs(redis.call('HVALS', KEYS[2])) do table.insert(out, v) end
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if not written[all[i]] then table.insert(out, all[i + 1]) end
+end
 return out
 """
