@@ -49,18 +49,29 @@ from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer
 
 log = logging.getLogger("sipgw.backend")
 
-# Compare-and-set of a call's state: KEYS[1] = call hash; ARGV[1] = ",allowed,states,";
-# ARGV[2] = new state; ARGV[3] = TTL to set with it (0: keep); ARGV[4..] = field/value
-# pairs set with it. Returns {"OK", old state, the record after the change as HGETALL
-# gives it} or {"NO", current state}: the caller answers from that record, no re-read.
+# Compare-and-set of a call's state, publishing its events with it: KEYS[1] = call hash,
+# KEYS[2] = event stream, KEYS[3..] = keys that get the TTL too; ARGV[1] =
+# ",allowed,states,"; ARGV[2] = new state; ARGV[3] = TTL to set with it (0: keep);
+# ARGV[4] = stream MAXLEN; ARGV[5] = n, the number of field/value pairs that follow and
+# are set with it; then the events (JSON), added to the stream only when the state moved.
+# Returns {"OK", old state, the record after the change as HGETALL gives it} or {"NO",
+# current state}: the caller answers from that record, no re-read, and the events leave
+# in the same round trip as the change they announce.
 _CAS = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return {'NO', ''} end
 if not string.find(ARGV[1], ',' .. st .. ',', 1, true) then return {'NO', st} end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local last = 5 + 2 * tonumber(ARGV[5])
+for i = 6, last, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  for k = 3, #KEYS do redis.call('EXPIRE', KEYS[k], ttl) end
+end
+for i = last + 1, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'e', ARGV[i])
+end
 return {'OK', st, redis.call('HGETALL', KEYS[1])}
 """
 
@@ -160,8 +171,6 @@ class CallEngine:
         self._p = self.config.prefix
         self._cas = redis.register_script(_CAS)
         self._timers: dict[tuple[str, str], Any] = {}  # IDelayedCall
-        # fork-branch sets of calls that ended, to be given ENDED_TTL with the next publish
-        self._ended_sets: list[str] = []
         self.events_key = f"{self._p}events"
 
     # --- keys ------------------------------------------------------------------------
@@ -216,10 +225,7 @@ class CallEngine:
             pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json(), separators=(",", ":"))},
                       maxlen=EVENTS_MAXLEN, approximate=True)
             n += 1
-        ended, self._ended_sets = self._ended_sets, []
-        for key in ended:
-            pipe.expire(key, ENDED_TTL)
-        if n or ended:
+        if n:
             await pipe.execute()
 
     # --- directory -------------------------------------------------------------------
@@ -355,17 +361,23 @@ class CallEngine:
         return old
 
     async def _move(self, cid: str, allowed: Iterable[str], new: str,
-                    **fields: str) -> tuple[str | None, Call | None]:
-        """``_transition`` that also returns the call as it is right after the change."""
-        args: list[str] = ["," + ",".join(allowed) + ",", new,
-                           str(ENDED_TTL if new == "ended" else 0)]
+                    events: Iterable[Event] = (), **fields: str,
+                    ) -> tuple[str | None, Call | None]:
+        """``_transition`` that also publishes ``events`` when the state moved (atomically,
+        in the same round trip) and returns the call as it is right after the change."""
+        ended = new == "ended"
+        args: list[str] = ["," + ",".join(allowed) + ",", new, str(ENDED_TTL if ended else 0),
+                           str(EVENTS_MAXLEN), str(len(fields))]
         for k, v in fields.items():
             args += [k, v]
-        res = await self._cas(keys=[self._call_key(cid)], args=args)
+        args += [json.dumps(ev.to_json(), separators=(",", ":")) for ev in events]
+        keys = [self._call_key(cid), self.events_key]
+        if ended:
+            keys += [self._offered_key(cid), self._dropped_key(cid)]
+        res = await self._cas(keys=keys, args=args)
         if _s(res[0]) != "OK":
             return None, None
-        if new == "ended":
-            self._ended_sets += [self._offered_key(cid), self._dropped_key(cid)]
+        if ended:
             self._cancel_timers(cid)
         flat = res[2]
         return _s(res[1]), self._call_record(cid, dict(zip(flat[::2], flat[1::2], strict=True)))
@@ -455,8 +467,10 @@ class CallEngine:
 
     async def _new_call(self, from_user: str, from_endpoint: str, target: Target,
                         callee_user: str, sdp_offer: str, location: str,
-                        offered: list[str]) -> str:
-        cid = secrets.token_hex(12)
+                        offered: list[str], *, cid: str = "",
+                        events: Iterable[Event] = ()) -> str:
+        """Write a new call record (and publish ``events`` with it, in the same MULTI)."""
+        cid = cid or secrets.token_hex(12)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(self._call_key(cid), mapping={
             "state": "offered", "from_user": from_user, "from_endpoint": from_endpoint,
@@ -467,6 +481,9 @@ class CallEngine:
             pipe.sadd(self._offered_key(cid), *offered)
         for key in (self._call_key(cid), self._offered_key(cid), self._dropped_key(cid)):
             pipe.expire(key, ACTIVE_TTL)
+        for ev in events:
+            pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json(), separators=(",", ":"))},
+                      maxlen=EVENTS_MAXLEN, approximate=True)
         await pipe.execute()
         return cid
 
@@ -480,9 +497,14 @@ class CallEngine:
                          callee: User, sdp_offer: str) -> Call:
         eps = [e for e in await self.endpoints_of(callee.oid) if e.endpoint_id != from_endpoint]
         available = [e for e in eps if not e.dnd]
-        cid = await self._new_call(from_user, from_endpoint, target, callee.oid, sdp_offer, "",
-                                   [e.endpoint_id for e in available])
+        cid = secrets.token_hex(12)
         caller_display = self._caller_display(from_user)
+        # the offers leave with the record that makes them answerable
+        offers = [Event(type="call.incoming", call_id=cid, user=callee.oid,
+                        endpoint_id=e.endpoint_id, sdp=sdp_offer, caller=caller_display,
+                        callee=callee.number or callee.upn) for e in available]
+        await self._new_call(from_user, from_endpoint, target, callee.oid, sdp_offer, "",
+                             [e.endpoint_id for e in available], cid=cid, events=offers)
         if not available:
             reason = "dnd" if eps else "unavailable"
             _, ended = await self._move(cid, ("offered",), "ended", end_reason=reason)
@@ -493,10 +515,6 @@ class CallEngine:
         call = Call(call_id=cid, state="offered", from_user=from_user,
                     from_endpoint=from_endpoint, target=target, callee_user=callee.oid,
                     created=time.time())
-        await self.publish(
-            Event(type="call.incoming", call_id=cid, user=callee.oid, endpoint_id=e.endpoint_id,
-                  sdp=sdp_offer, caller=caller_display, callee=callee.number or callee.upn)
-            for e in available)
         self._later(cid, "no_answer", self.config.ring_timeout,
                     lambda: self._no_answer(cid))
         for e in available:
@@ -563,39 +581,50 @@ class CallEngine:
                 for eid in sorted(offered - dropped - {exclude})]
 
     async def _offered_endpoint(self, cid: str, eid: str) -> Call:
-        call, _ = await self._offered_call(cid, eid)
+        call, _, _ = await self._offered_call(cid, eid)
         return call
 
-    async def _offered_call(self, cid: str, eid: str) -> tuple[Call, bool]:
-        """The call offered to ``eid`` and whether ``eid`` already dropped out (one round
-        trip)."""
+    async def _offered_call(self, cid: str, eid: str, *, branches: bool = False
+                            ) -> tuple[Call, bool, list[str]]:
+        """The call offered to ``eid``, whether ``eid`` already dropped out and (with
+        ``branches``) the branches still ringing, sorted: one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.hgetall(self._call_key(cid))
-        pipe.sismember(self._offered_key(cid), eid)
-        pipe.sismember(self._dropped_key(cid), eid)
-        h, offered, dropped = await pipe.execute()
+        pipe.smembers(self._offered_key(cid))
+        pipe.smembers(self._dropped_key(cid))
+        h, offered_raw, dropped_raw = await pipe.execute()
         if not h:
             raise ApiFailure(404, "call_not_found", f"no call {cid}")
-        if not offered:
+        offered = {_s(e) for e in offered_raw}
+        if eid not in offered:
             raise ApiFailure(403, "not_offered", f"call {cid} was not offered to {eid}")
-        return self._call_record(cid, h), bool(dropped)
+        dropped = {_s(e) for e in dropped_raw}
+        ringing = sorted(offered - dropped) if branches else []
+        return self._call_record(cid, h), eid in dropped, ringing
 
     async def ringing(self, cid: str, eid: str) -> Call:
         call = await self._offered_endpoint(cid, eid)
-        old, after = await self._move(cid, ("offered",), "ringing")
+        old, after = await self._move(cid, ("offered",), "ringing", events=[
+            Event(type="call.ringing", call_id=cid, user=call.from_user,
+                  endpoint_id=call.from_endpoint)])
         if old is not None:
-            await self.publish([Event(type="call.ringing", call_id=cid, user=call.from_user,
-                                      endpoint_id=call.from_endpoint)])
             return after or call
         if call.state not in ("ringing",):
             raise ApiFailure(409, "call_not_ringing", f"call {cid} is {call.state}")
         return await self.get_call(cid)
 
     async def answer(self, cid: str, body: Answer) -> Call:
-        call, dropped = await self._offered_call(cid, body.endpoint_id)
+        call, dropped, branches = await self._offered_call(cid, body.endpoint_id,
+                                                           branches=True)
         if dropped:
             raise ApiFailure(409, "call_not_ringing", "this endpoint already rejected the call")
-        old, after = await self._move(cid, ("offered", "ringing"), "connected",
+        events = [Event(type="call.answered", call_id=cid, user=call.from_user,
+                        endpoint_id=call.from_endpoint, sdp=body.sdp_answer)]
+        # a forked call: the other branches stop ringing
+        events += [Event(type="call.cancelled", call_id=cid, user=call.callee_user,
+                         endpoint_id=eid, reason="answered_elsewhere")
+                   for eid in branches if eid != body.endpoint_id]
+        old, after = await self._move(cid, ("offered", "ringing"), "connected", events=events,
                                       answered_endpoint=body.endpoint_id,
                                       sdp_answer=body.sdp_answer,
                                       answered_at=repr(time.time()))
@@ -604,12 +633,6 @@ class CallEngine:
             code = "answered_elsewhere" if fresh.state == "connected" else "call_not_ringing"
             raise ApiFailure(409, code, f"call {cid} is {fresh.state}")
         self._cancel_timer(cid, "no_answer")
-        events = [Event(type="call.answered", call_id=cid, user=call.from_user,
-                        endpoint_id=call.from_endpoint, sdp=body.sdp_answer)]
-        if call.callee_user:  # a forked call: the other branches stop ringing
-            events += await self._cancel_branches(cid, call.callee_user, "answered_elsewhere",
-                                                  exclude=body.endpoint_id)
-        await self.publish(events)
         return after or await self.get_call(cid)
 
     async def reoffer(self, cid: str, body: Reoffer) -> str:
@@ -681,11 +704,12 @@ class CallEngine:
             return await self.cancel(cid, eid)
         if eid not in (call.from_endpoint, call.answered_endpoint):
             raise ApiFailure(403, "not_a_party", f"{eid} is not a party of call {cid}")
-        old, after = await self._move(cid, ("connected",), "ended", end_reason="hangup",
-                                      ended_by=eid)
+        old, after = await self._move(
+            cid, ("connected",), "ended",
+            events=self._other_party_events(call, eid, "call.ended", reason="hangup"),
+            end_reason="hangup", ended_by=eid)
         if old is None:
             raise ApiFailure(409, "call_not_connected", f"call {cid} is {call.state}")
-        await self.publish(self._other_party_events(call, eid, "call.ended", reason="hangup"))
         return after or await self.get_call(cid)
 
     async def far_end_hangup(self, cid: str) -> Call:
