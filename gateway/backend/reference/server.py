@@ -468,12 +468,20 @@ class _Root(Resource):
         return self.v1 if path == b"v1" else self.rest
 
 
+class _ApiSite(Site):
+    """No access-log line per request: a call costs several requests, and twisted.web
+    writes each one through the global log (errors are still logged by the handlers)."""
+
+    def log(self, request: Request) -> None:
+        pass
+
+
 def build_site(engine: CallEngine, token: str) -> tuple[Site, EventStreamFactory]:
     rest = RestResource(Api(engine), token)
     ws_factory = EventStreamFactory(engine, token)
     root = _Root(V1Resource(rest, WebSocketResource(ws_factory)), rest)
     # the API takes JSON only: no form parsing (twisted.web's goes through the email package)
-    site = Site(root, parsePOSTFormSubmission=False)
+    site = _ApiSite(root, parsePOSTFormSubmission=False)
     site.displayTracebacks = False
     return site, ws_factory
 
