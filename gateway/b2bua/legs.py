@@ -102,7 +102,7 @@ def dialog_key(call_id: str, local_tag: str, remote_tag: str) -> str:
 
 
 class LegStore:
-    """Legs in Redis (key schema in the module docstring); one pipeline per operation."""
+    """Legs in Redis (key schema in the module docstring); one round trip per operation."""
 
     def __init__(self, redis: Any, prefix: str = PREFIX, ttl: int = LEG_TTL,
                  local_max: int = 200_000) -> None:
@@ -116,6 +116,37 @@ class LegStore:
         self._local_max = local_max
         self._last_event: dict[str, str] = {}
         self._event_writer: dict[str, Any] = {}
+        # The writes of every call go over the registrar's pipelined connection where the
+        # store is plain Redis/Valkey (redis-py's per-command pool checkout and layers cost
+        # more than the commands); Sentinel/TLS stores keep redis-py.
+        from gateway.registrar.pipe import RespPipe
+
+        self._pipe = RespPipe.for_client(redis) if hasattr(redis, "connection_pool") else None
+
+    async def _commands(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        """Run ``cmds`` in one round trip, in order; their replies."""
+        pipe = self._pipe
+        if pipe is None:
+            rp = self.redis.pipeline(transaction=False)
+            for c in cmds:
+                rp.execute_command(*c)
+            return list(await rp.execute())
+        first = pipe.send_now(*cmds[0])
+        if first is None:  # not connected yet: the first command connects
+            return [await pipe.execute(*cmds[0]), *(await self._commands(cmds[1:]))] \
+                if len(cmds) > 1 else [await pipe.execute(*cmds[0])]
+        futs = [first]
+        for c in cmds[1:]:
+            fut = pipe.send_now(*c)
+            if fut is None:
+                futs.append(asyncio.ensure_future(pipe.execute(*c)))
+            else:
+                futs.append(fut)
+        return list(await asyncio.gather(*futs))
+
+    async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
 
     def _remember(self, leg: Leg) -> None:
         old = self._local.get(leg.leg_id)
@@ -155,14 +186,15 @@ class LegStore:
     async def save(self, leg: Leg, *, se_deadline: float | None = None) -> None:
         """Write the leg and its indexes and refresh their TTLs (one round trip; no MULTI:
         each write stands alone and the next save rewrites them all)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(self._leg(leg.leg_id), leg.to_json(), ex=self.ttl)
-        pipe.set(self._dlg(leg.dialog_key), leg.leg_id, ex=self.ttl)
-        pipe.sadd(self._call(leg.backend_call_id), leg.leg_id)
-        pipe.expire(self._call(leg.backend_call_id), self.ttl)
+        call_key = self._call(leg.backend_call_id)
+        cmds: list[tuple[Any, ...]] = [
+            ("SET", self._leg(leg.leg_id), leg.to_json(), "EX", self.ttl),
+            ("SET", self._dlg(leg.dialog_key), leg.leg_id, "EX", self.ttl),
+            ("SADD", call_key, leg.leg_id),
+            ("EXPIRE", call_key, self.ttl)]
         if se_deadline is not None:
-            pipe.zadd(self._se, {leg.leg_id: se_deadline})
-        await pipe.execute()
+            cmds.append(("ZADD", self._se, repr(float(se_deadline)), leg.leg_id))
+        await self._commands(cmds)
         self._remember(leg)
 
     async def get(self, leg_id: str) -> Leg | None:
@@ -203,13 +235,12 @@ class LegStore:
     async def delete(self, leg: Leg) -> bool:
         """Remove the leg; True only for the caller that removed it (so exactly one node or
         task ends a call when several notice its end at once)."""
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(self._leg(leg.leg_id))
-        pipe.delete(self._dlg(leg.dialog_key))
-        pipe.srem(self._call(leg.backend_call_id), leg.leg_id)
-        pipe.zrem(self._se, leg.leg_id)
         self._forget(leg)
-        removed = await pipe.execute()
+        removed = await self._commands([
+            ("DEL", self._leg(leg.leg_id)),
+            ("DEL", self._dlg(leg.dialog_key)),
+            ("SREM", self._call(leg.backend_call_id), leg.leg_id),
+            ("ZREM", self._se, leg.leg_id)])
         return bool(removed[0])
 
     async def session_expired(self, now: float, limit: int = 100) -> list[str]:
@@ -226,7 +257,7 @@ class LegStore:
         return n
 
     async def set_last_event(self, node_id: str, event_id: str) -> None:
-        await self.redis.set(f"{self.p}events:{node_id}", event_id, ex=self.ttl)
+        await self._commands([("SET", f"{self.p}events:{node_id}", event_id, "EX", self.ttl)])
 
     def note_last_event(self, node_id: str, event_id: str) -> None:
         """Record the backend event position without a write per event: one writer per

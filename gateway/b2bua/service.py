@@ -270,6 +270,7 @@ class B2BUA:
             await self._stream.close()
         await self._tasks.cancel()
         await self.legs.flush_last_event()
+        await self.legs.close()
         if self.gw.on_stray == self._on_stray:
             self.gw.on_stray = self._prev_stray
 
