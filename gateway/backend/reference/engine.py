@@ -293,8 +293,12 @@ class CallEngine:
             raise ApiFailure(404, "endpoint_not_found", f"no endpoint {eid} of user {oid}")
         return ep
 
-    async def endpoints_of(self, oid: str) -> list[Endpoint]:
-        eids = sorted(_s(e) for e in await self.redis.smembers(self._user_eps_key(oid)))
+    async def endpoints_of(self, oid: str, members: Any = None) -> list[Endpoint]:
+        """The user's online endpoints; ``members``: the user's endpoint set when the
+        caller read it already (create_call does, in the round trip of its own checks)."""
+        if members is None:
+            members = await self.redis.smembers(self._user_eps_key(oid))
+        eids = sorted(_s(e) for e in members)
         out: list[Endpoint] = []
         stale: list[str] = []
         pipe = self.redis.pipeline(transaction=False)
@@ -387,9 +391,19 @@ class CallEngine:
         emergency = body.target.kind == "emergency" or (
             body.target.value in self.config.pstn.emergency)
         caller: User | None = None
+        callee_members: tuple[str, Any] | None = None
         if body.from_user:
             caller = self.user(body.from_user)
-            ep = await self.get_endpoint(body.from_endpoint)
+            callee_ref = None if emergency else self.resolve_user(body.target.value)
+            # the caller's endpoint and the callee's endpoint list in one round trip
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self._ep_key(body.from_endpoint))
+            if callee_ref is not None:
+                pipe.smembers(self._user_eps_key(callee_ref.oid))
+            got = await pipe.execute()
+            ep = self._endpoint_record(body.from_endpoint, got[0])
+            if callee_ref is not None:
+                callee_members = (callee_ref.oid, got[1])
             if not emergency:
                 if ep is None or ep.user != caller.oid:
                     raise ApiFailure(403, "endpoint_not_found",
@@ -414,8 +428,10 @@ class CallEngine:
             raise ApiFailure(404, "user_not_found", f"no user {body.target.value!r}")
         if callee is not None:
             self._check_callee_for_sip_device(callee)
+            members = callee_members[1] if callee_members and \
+                callee_members[0] == callee.oid else None
             return await self._call_user(body.from_user, body.from_endpoint, body.target,
-                                         callee, body.sdp_offer)
+                                         callee, body.sdp_offer, members)
         outcome = self.config.pstn.classify(body.target.value)
         if outcome is None:
             raise ApiFailure(404, "number_unallocated",
@@ -494,8 +510,9 @@ class CallEngine:
         return u.number or u.upn
 
     async def _call_user(self, from_user: str, from_endpoint: str, target: Target,
-                         callee: User, sdp_offer: str) -> Call:
-        eps = [e for e in await self.endpoints_of(callee.oid) if e.endpoint_id != from_endpoint]
+                         callee: User, sdp_offer: str, members: Any = None) -> Call:
+        eps = [e for e in await self.endpoints_of(callee.oid, members)
+               if e.endpoint_id != from_endpoint]
         available = [e for e in eps if not e.dnd]
         cid = secrets.token_hex(12)
         caller_display = self._caller_display(from_user)

@@ -65,6 +65,9 @@ Handler = Callable[["Api", dict[str, str], dict[str, Any], dict[bytes, list[byte
                    Awaitable[tuple[int, Any]]]
 
 
+_ROUTE_PARTS: dict[str, list[str]] = {}  # path template -> its segments, split once
+
+
 @dataclass(frozen=True)
 class Route:
     """One REST operation: method, path template (OpenAPI syntax), handler."""
@@ -73,8 +76,15 @@ class Route:
     path: str
     handler: Handler
 
+    @property
+    def parts(self) -> list[str]:
+        got: list[str] | None = _ROUTE_PARTS.get(self.path)
+        if got is None:
+            got = _ROUTE_PARTS[self.path] = self.path.strip("/").split("/")
+        return got
+
     def match(self, parts: list[str]) -> dict[str, str] | None:
-        tparts = self.path.strip("/").split("/")
+        tparts = self.parts
         if len(tparts) != len(parts):
             return None
         params: dict[str, str] = {}
