@@ -469,8 +469,23 @@ class Gateway:
             return
         if isinstance(result, SipResponse):
             self.driver.respond(event.key, result)
+        elif isinstance(result, asyncio.Future):
+            # a future: answer from its callback, no task
+            result.add_done_callback(lambda f: self._future_response(f, event))
         else:
             self._spawn(self._await_response(result, event))
+
+    def _future_response(self, fut: asyncio.Future[SipResponse | None],
+                         event: RequestReceived) -> None:
+        if fut.cancelled():
+            return  # shutting down
+        e = fut.exception()
+        if e is not None:
+            self._handler_failed(event, e)  # type: ignore[arg-type]
+            return
+        response = fut.result()
+        if response is not None:
+            self.driver.respond(event.key, response)
 
     async def _await_response(self, result: Awaitable[SipResponse | None],
                               event: RequestReceived) -> None:

@@ -193,7 +193,22 @@ class BindingStore:
     async def apply(self, u: RegisterUpdate, now: float, max_bindings: int, *,
                     guard: GuardConfig | None = None) -> RegisterResult:
         """One authenticated REGISTER in one round trip: admission, nc, HA1, bindings."""
-        g = guard or GuardConfig()
+        ks, args = self._apply_args(u, now, max_bindings, guard or GuardConfig())
+        return self.apply_result(await self._evalsha(ks, args), u, now)
+
+    def apply_now(self, u: RegisterUpdate, now: float, max_bindings: int, *,
+                  guard: GuardConfig) -> asyncio.Future[Any] | None:
+        """``apply`` without a coroutine: the script's raw reply (for ``apply_result``) as
+        a future, or None when the pipe is not up (then use ``apply``). The future fails
+        with NoScriptError when the server has not loaded the script yet."""
+        pipe = self.pipe
+        if pipe is None:
+            return None
+        ks, args = self._apply_args(u, now, max_bindings, guard)
+        return pipe.send_now("EVALSHA", self._register_sha, len(ks), *ks, *args)
+
+    def _apply_args(self, u: RegisterUpdate, now: float, max_bindings: int,
+                    g: GuardConfig) -> tuple[list[str], list[str]]:
         # device fields, then one (key, expiry, JSON or "") triple per op, as plain ARGV:
         # no JSON layer for the script to decode
         extra: list[str] = []
@@ -204,14 +219,16 @@ class BindingStore:
             extra += (op.key, repr(b.expires), b.to_json()) if b is not None else \
                 (op.key, "0", "")
         gk, ga = self._guard_part(g, u.source_ip, u.username, now)
-        res = await self._evalsha(
-            [keys.nonce_count(u.nonce), keys.bindings(u.aor), keys.binding_expiry(u.aor),
-             keys.registrations_index(), keys.device(u.device_id), keys.devices_seen(),
-             keys.device_auth(u.username), *gk],
-            [repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), u.call_id, str(u.cseq),
-             str(max_bindings), str(len(u.ops)), "1" if u.wildcard else "0",
-             u.aor, u.device_id, u.source_ip, str(KEY_SLACK), "1" if u.apply else "0",
-             str(2 * len(u.device_fields)), "reg", *ga, u.ha1_field, u.ha1, "1", *extra])
+        return ([keys.nonce_count(u.nonce), keys.bindings(u.aor), keys.binding_expiry(u.aor),
+                 keys.registrations_index(), keys.device(u.device_id), keys.devices_seen(),
+                 keys.device_auth(u.username), *gk],
+                [repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), u.call_id, str(u.cseq),
+                 str(max_bindings), str(len(u.ops)), "1" if u.wildcard else "0",
+                 u.aor, u.device_id, u.source_ip, str(KEY_SLACK), "1" if u.apply else "0",
+                 str(2 * len(u.device_fields)), "reg", *ga, u.ha1_field, u.ha1, "1", *extra])
+
+    @staticmethod
+    def apply_result(res: Any, u: RegisterUpdate, now: float) -> RegisterResult:
         outcome = res[0].decode()
         detail = res[1].decode() if len(res) > 1 and isinstance(res[1], bytes) else ""
         if outcome != "ok":

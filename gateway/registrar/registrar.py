@@ -17,13 +17,13 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from gateway.registrar.auth import AuthStatus, DigestAuthenticator
 from gateway.registrar.bindings import (
@@ -137,6 +137,32 @@ class Registration:
     paired_user: str
 
 
+@dataclass(slots=True)
+class _Ctx:
+    """What concluding an authenticated REGISTER needs besides the store's answer."""
+
+    aor: str
+    device_id: str
+    username: str
+    node_id: str
+    ops: tuple[BindingOp, ...]
+    wildcard: bool
+    outbound: bool
+    path: list[str]
+    verdict_reason: str  # set when the firmware verdict refuses the device
+
+
+def _chain(task: asyncio.Future[SipResponse], out: asyncio.Future[SipResponse]) -> None:
+    if out.done():
+        return
+    if task.cancelled():
+        out.cancel()
+    elif task.exception() is not None:
+        out.set_exception(task.exception())  # type: ignore[arg-type]
+    else:
+        out.set_result(task.result())
+
+
 class _Reject(Exception):
     def __init__(self, status: int, warning: str, headers: list[tuple[str, str]] | None = None,
                  ) -> None:
@@ -196,18 +222,22 @@ class Registrar:
         return await first
 
     def answer(self, request: SipRequest, peer: Peer, node_id: str,
-               ) -> SipResponse | Coroutine[Any, Any, SipResponse]:
-        """Answer one REGISTER now when no Redis work is needed, else return the coroutine
-        that will; neither raises.
+               ) -> SipResponse | Awaitable[SipResponse]:
+        """Answer one REGISTER now when no Redis work is needed, else return an awaitable
+        of the answer; neither raises.
 
         The challenge (no credentials, or a nonce that is not ours) and every request
         refused before the digest check need no Redis: answering them synchronously spares
-        the event loop a task per 401, half of all REGISTERs.
+        the event loop a task per 401, half of all REGISTERs. The common authenticated
+        REGISTER (credentials prefetched after its 401) comes back as a future that a
+        callback on the store's reply completes, also without a task; the rest runs as a
+        coroutine.
         """
         if self.pending >= self.config.max_pending:
             return self._count(self._fail(request, 503, "registrar overloaded",
                                           [("Retry-After", str(self._retry_after()))]))
         now = self.clock()
+        counted = False
         try:
             creds, check = self._precheck(request, peer, now)
             if creds is None:
@@ -220,10 +250,111 @@ class Registrar:
             if check.status is NonceStatus.INVALID:
                 self._admit_locally(peer.host, now)
                 return self._count(self._challenge(request, now))
+            self.pending += 1
+            counted = True
+            fast = self._answer_cached(request, peer, node_id, creds, check, now)
         except Exception as e:  # noqa: BLE001 - mapped to a status by the one function
+            if counted:
+                self.pending -= 1
             return self._count(self._error_response(request, e))
-        self.pending += 1
+        if fast is not None:
+            if isinstance(fast, SipResponse):
+                self.pending -= 1
+                return self._count(fast)
+            return fast
         return self._finish(request, peer, node_id, creds, check, now)
+
+    def _answer_cached(self, request: SipRequest, peer: Peer, node_id: str,
+                       creds: DigestCredentials, check: NonceCheck, now: float,
+                       ) -> SipResponse | asyncio.Future[SipResponse] | None:
+        """The common authenticated REGISTER without a task: credentials prefetched, digest
+        right, firmware admitted, pipe up. The script's reply completes a future through a
+        callback. None: anything else, for the coroutine (``_finish``) to do in full."""
+        username = creds.username[:128]
+        hit = self._ha1_cache.get(username)
+        if hit is None or now - hit[1] >= _CRED_CACHE_TTL:
+            pending = self._prefetching.get(username)
+            if pending is None:
+                return None
+            # The usual case under load: the answer to the 401 overtakes the prefetch.
+            # Carry on when it lands.
+            out: asyncio.Future[SipResponse] = pending.get_loop().create_future()
+            pending.add_done_callback(lambda _: self._resume(out, request, peer, node_id,
+                                                             creds, check, now))
+            return out
+        auth = hit[0]
+        if auth is None:
+            return None
+        status = self.auth.verify_with(creds, request.method, auth.ha1, check)
+        if status is AuthStatus.FAILED or \
+                _unescape(request.to.uri.user or "") != creds.username:
+            return None  # failures are counted in Redis: the coroutine's job
+        prepared = self._prepare(request, peer, node_id, creds, auth, status, now)
+        if isinstance(prepared, SipResponse):
+            return prepared
+        update, ctx = prepared
+        if not update.apply:
+            return None
+        raw = self.store.apply_now(update, now, self.config.max_bindings_per_aor,
+                                   guard=self.config.guard)
+        if raw is None:
+            return None
+        done: asyncio.Future[SipResponse] = raw.get_loop().create_future()
+        raw.add_done_callback(lambda r: self._applied(r, done, request, peer, update, ctx,
+                                                      now))
+        return done
+
+    def _resume(self, out: asyncio.Future[SipResponse], request: SipRequest, peer: Peer,
+                node_id: str, creds: DigestCredentials, check: NonceCheck, now: float) -> None:
+        """``_answer_cached`` again once the prefetch it waited for has landed."""
+        again: SipResponse | asyncio.Future[SipResponse] | None = None
+        try:
+            # without a cached record the prefetch failed: the coroutine reads afresh
+            if creds.username[:128] in self._ha1_cache:
+                again = self._answer_cached(request, peer, node_id, creds, check, now)
+        except Exception as e:  # noqa: BLE001 - mapped to a status by the one function
+            again = self._error_response(request, e)
+        if again is None:
+            task = asyncio.ensure_future(self._finish(request, peer, node_id, creds, check,
+                                                      now))
+            task.add_done_callback(lambda t: _chain(t, out))
+        elif isinstance(again, SipResponse):
+            self.pending -= 1
+            if not out.done():
+                out.set_result(self._count(again))
+        else:
+            again.add_done_callback(lambda f: _chain(f, out))
+
+    def _applied(self, raw: asyncio.Future[Any], out: asyncio.Future[SipResponse],
+                 request: SipRequest, peer: Peer, update: RegisterUpdate, ctx: _Ctx,
+                 now: float) -> None:
+        exc = raw.exception() if not raw.cancelled() else asyncio.CancelledError()
+        if isinstance(exc, NoScriptError):  # a restarted server: load it, the slow way
+            task = asyncio.ensure_future(self._apply_then_conclude(request, peer, update,
+                                                                   ctx, now))
+            task.add_done_callback(lambda t: _chain(t, out))
+            return
+        self.pending -= 1
+        try:
+            if exc is not None:
+                raise exc
+            resp = self._conclude(request, peer, self.store.apply_result(raw.result(), update,
+                                                                          now), ctx, now)
+        except Exception as e:  # noqa: BLE001 - mapped to a status by the one function
+            resp = self._error_response(request, e)
+        if not out.done():
+            out.set_result(self._count(resp))
+
+    async def _apply_then_conclude(self, request: SipRequest, peer: Peer,
+                                   update: RegisterUpdate, ctx: _Ctx, now: float,
+                                   ) -> SipResponse:
+        try:
+            resp = self._conclude(request, peer, await self._apply(update, now), ctx, now)
+        except Exception as e:  # noqa: BLE001 - mapped to a status by the one function
+            resp = self._error_response(request, e)
+        finally:
+            self.pending -= 1
+        return self._count(resp)
 
     async def _finish(self, request: SipRequest, peer: Peer, node_id: str,
                       creds: DigestCredentials, check: NonceCheck, now: float) -> SipResponse:
@@ -331,7 +462,6 @@ class Registrar:
     async def _register(self, request: SipRequest, peer: Peer, node_id: str,
                         creds: DigestCredentials, check: NonceCheck, now: float,
                         ) -> SipResponse:
-        cfg = self.config
         to_uri = request.to.uri
         username = creds.username[:128]
         cached = username in self._ha1_cache
@@ -351,10 +481,27 @@ class Registrar:
                      "To/username mismatch" if status is AuthStatus.OK else "wrong response")
             await self._count_failure(peer.host, username, "bad_credentials", now)
             raise _Reject(403, "authentication failed")
+
+        prepared = self._prepare(request, peer, node_id, creds, auth, status, now)
+        if isinstance(prepared, SipResponse):
+            return prepared
+        update, ctx = prepared
+        result = await self._apply(update, now)
+        if not update.apply:
+            raise _Reject(403, ctx.verdict_reason or "device firmware not admitted")
+        return self._conclude(request, peer, result, ctx, now)
+
+    def _prepare(self, request: SipRequest, peer: Peer, node_id: str,
+                 creds: DigestCredentials, auth: AuthRecord, status: AuthStatus, now: float,
+                 ) -> SipResponse | tuple[RegisterUpdate, _Ctx]:
+        """After a right digest: the store update to make (or the stale challenge).
+
+        A firmware rejection still records the verdict (``apply=False``) and then fails.
+        """
         if status is AuthStatus.STALE:
             self._admit_locally(peer.host, now)
             return self._challenge(request, now, stale=True)
-
+        username = creds.username[:128]
         # Authenticated. The firmware verdict applies to every REGISTER.
         ua = request.headers.get("User-Agent") or ""
         verdict = self._evaluate(ua)
@@ -366,32 +513,39 @@ class Registrar:
             nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host, device_fields=fields,
             ha1_field=_HA1_FIELD[creds.algorithm], ha1=auth.ha1[creds.algorithm])
         if not verdict.admitted:
-            await self._apply(RegisterUpdate(**base, apply=False), now)
-            raise _Reject(403, verdict.reason or "device firmware not admitted")
-
+            return RegisterUpdate(**base, apply=False), _Ctx(
+                aor, auth.device_id, username, node_id, (), False, False, [],
+                verdict.reason or "device firmware not admitted")
         ops, wildcard, outbound, path = self._contact_ops(request, peer, node_id, aor,
                                                           auth.device_id, ua, now)
-        result = await self._apply(RegisterUpdate(**base, ops=ops, wildcard=wildcard), now)
+        return RegisterUpdate(**base, ops=ops, wildcard=wildcard), _Ctx(
+            aor, auth.device_id, username, node_id, tuple(ops), wildcard, outbound, path, "")
+
+    def _conclude(self, request: SipRequest, peer: Peer, result: RegisterResult, ctx: _Ctx,
+                  now: float) -> SipResponse:
+        """The store's answer to one authenticated REGISTER as a SIP response."""
+        cfg = self.config
         outcome = result.outcome
         if outcome == "ok":
-            if wildcard or any(op.binding is None for op in ops):
+            if ctx.wildcard or any(op.binding is None for op in ctx.ops):
                 reason = request.headers.get("Reason")
-                log.info("bindings removed for %s from %s%s", aor, peer,
+                log.info("bindings removed for %s from %s%s", ctx.aor, peer,
                          f" (Reason: {_ascii(reason)})" if reason else "")
             if self.listeners:
                 state, _, user = result.detail.partition("\t")
                 self._notify(Registration(
-                    aor=aor, device_id=auth.device_id, username=username, node_id=node_id,
-                    source=peer, bindings=tuple(result.bindings), paired_user=user
-                    if state == "paired" else ""))
-            return self._ok(request, result.bindings, now, outbound=outbound, path=path)
+                    aor=ctx.aor, device_id=ctx.device_id, username=ctx.username,
+                    node_id=ctx.node_id, source=peer, bindings=tuple(result.bindings),
+                    paired_user=user if state == "paired" else ""))
+            return self._ok(request, result.bindings, now, outbound=ctx.outbound,
+                            path=ctx.path)
         if outcome == "replay":
             # A reused nonce count: a replay, or a phone that never increments nc. Either way
             # a fresh nonce is the cure; not counted as a failure (the digest was right).
             return self._challenge(request, now, stale=True)
         if outcome == "cred":
             # The password changed between our read and the write: decide afresh.
-            self._ha1_cache.pop(username, None)
+            self._ha1_cache.pop(ctx.username, None)
             return self._challenge(request, now, stale=True)
         if outcome == "cseq":
             raise _Reject(500, "out-of-order REGISTER (same Call-ID, CSeq not higher)",
@@ -400,7 +554,7 @@ class Registrar:
             raise _Reject(403, f"too many bindings: at most {cfg.max_bindings_per_aor} "
                                "contacts per address-of-record")
         if outcome == "gone":
-            self._ha1_cache.pop(username, None)
+            self._ha1_cache.pop(ctx.username, None)
             raise _Reject(403, "authentication failed")
         self._admission_reject(outcome, result.detail, peer.host, now)
         raise _Reject(500, f"unexpected store outcome {outcome[:20]}")
