@@ -485,18 +485,19 @@ class CallEngine:
                         callee_user: str, sdp_offer: str, location: str,
                         offered: list[str], *, cid: str = "",
                         events: Iterable[Event] = ()) -> str:
-        """Write a new call record (and publish ``events`` with it, in the same MULTI)."""
+        """Write a new call record and publish ``events`` after it, in one round trip. No
+        MULTI: nobody knows the call id before its events, which come after the record."""
         cid = cid or secrets.token_hex(12)
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=False)
         pipe.hset(self._call_key(cid), mapping={
             "state": "offered", "from_user": from_user, "from_endpoint": from_endpoint,
             "target_kind": target.kind, "target_value": target.value,
             "callee_user": callee_user, "sdp_offer": sdp_offer, "location": location,
             "created": repr(time.time())})
+        pipe.expire(self._call_key(cid), ACTIVE_TTL)
         if offered:
             pipe.sadd(self._offered_key(cid), *offered)
-        for key in (self._call_key(cid), self._offered_key(cid), self._dropped_key(cid)):
-            pipe.expire(key, ACTIVE_TTL)
+            pipe.expire(self._offered_key(cid), ACTIVE_TTL)
         for ev in events:
             pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json(), separators=(",", ":"))},
                       maxlen=EVENTS_MAXLEN, approximate=True)
