@@ -100,6 +100,7 @@ class Step:
     cpu: float  # server CPU seconds per wall second (1.0 = one full core)
     load_cpu: float  # SIPp CPU seconds per wall second
     probe: dict[str, Any]
+    peer_cpu: float | None = None  # the backend's (with its Valkey), on the load core
 
     @property
     def passed(self) -> bool:
@@ -112,7 +113,9 @@ class Step:
                if p.get("n") else f"probe: {p.get('error') or 'no samples'}")
         return (f"    {self.target:9,.0f}/s asked  {self.sipp.rate:9,.0f}/s done  "
                 f"failed {self.sipp.failed:6,} ({100 * self.sipp.failure_ratio:.3f}%)  "
-                f"server cpu {self.cpu:4.2f}  sipp cpu {self.load_cpu:4.2f}  {lat}  "
+                f"server cpu {self.cpu:4.2f}  sipp cpu {self.load_cpu:4.2f}  "
+                + (f"backend cpu {self.peer_cpu:4.2f}  " if self.peer_cpu is not None else "")
+                + f"{lat}  "
                 f"{'ok' if self.passed else 'FAIL'}")
 
 
@@ -193,6 +196,7 @@ class Load:
     hold_seconds: float = 0.0  # -d: how long each call is held
     port: int = 0  # SIPp's fixed local port (a registered phone); 0: any free port
     rtt: bool = False  # latency from SIPp's per-call rtd (4 ms ticks) instead of the probe
+    peer_pid: int = 0  # a process the server depends on (the backend): its CPU is shown too
 
 
 def run_step(server: Server, load: Load, rate: float, seconds: float, settings: Settings,
@@ -222,11 +226,13 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
             pr.start()  # interpreter start-up happens before the load, off the clock
             time.sleep(0.3)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        peer0 = cpu_seconds(load.peer_pid) if load.peer_pid else 0.0
         cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
         sipp.start()
         watcher.start()
         result = sipp.wait()
         cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        peer1 = cpu_seconds(load.peer_pid) if load.peer_pid else 0.0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         probe_result = pr.result() if pr is not None else {}
         if sipp.rtt:
@@ -241,6 +247,8 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
                            f"(exit {result.returncode}): {result.errors[-800:]}")
     load_cpu = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
     step = Step(rate, result, (cpu1 - cpu0) / (t1 - t0), load_cpu / (t1 - t0), probe_result)
+    if load.peer_pid:
+        step.peer_cpu = (peer1 - peer0) / (t1 - t0)
     if track_rss:
         step.probe["rss_peak"] = rss_peak[0]
     return step
@@ -347,6 +355,9 @@ def compare(name: str, gw: Outcome, km: Outcome, target: str,
             # less sensitive to other processes stalling the core than the drop boundary
             say(f"{'':9} {o.server:8} {o.step.sipp.rate / o.step.cpu:,.0f}/s per busy core "
                 f"(cpu {o.step.cpu:.2f} at the sustained step)")
+        if o.step is not None and o.step.peer_cpu is not None:
+            say(f"{'':9} {o.server:8} its backend (own process and Valkey, load core) used "
+                f"cpu {o.step.peer_cpu:.2f} at the sustained step")
     verdict = "" if gw.rate is None else ("meets target" if checks(gw, r) else "BELOW target")
     return Row(name, gw.short(), km.short(), r, target, verdict)
 
@@ -582,14 +593,15 @@ def _register_from(g: GatewayServer, port: int, user: str, password: str, tmp: P
 
 
 @contextmanager
-def call_backend(tmp: Path, settings: Settings) -> Iterator[dict[str, Any]]:
+def call_backend(tmp: Path, settings: Settings) -> Iterator[tuple[dict[str, Any], int]]:
     """The ``[backend]`` section of the gateway under test. By default the reference
     backend ("the cloud") runs as its own ``sipgw backend`` process with its own Valkey on
     the load core, so the server core holds one gateway process (and its Valkey) alone;
-    ``--embedded-backend`` measures ``sipgw serve`` with the backend inside it instead."""
+    ``--embedded-backend`` measures ``sipgw serve`` with the backend inside it instead.
+    Yields the section and the backend's PID (0 when embedded)."""
     if settings.embedded_backend:
         say("  backend: embedded in the gateway process (server core)")
-        yield {"ring_timeout": 30}
+        yield {"ring_timeout": 30}, 0
         return
     token = os.urandom(16).hex()
     backend = BackendProcess(tmp / "backend", token, ring_timeout=30)
@@ -597,7 +609,7 @@ def call_backend(tmp: Path, settings: Settings) -> Iterator[dict[str, Any]]:
         backend.start()
         say(f"  backend: `sipgw backend` as its own process on core {LOAD_CORE} "
             f"({backend.url}, own Valkey); gateway alone on core {SERVER_CORE}")
-        yield {"url": backend.url, "token": token}
+        yield {"url": backend.url, "token": token}, backend.pid
     finally:
         backend.stop()
 
@@ -607,7 +619,7 @@ def gateway_calls(settings: Settings) -> Outcome:
     SIPp UAS (Bob's registered phone). The latency probe cannot call from a registered
     source, so setup latency is SIPp's own rtd (4 ms ticks)."""
     with tempfile.TemporaryDirectory(prefix="bench-calls-") as tmp, \
-            call_backend(Path(tmp), settings) as backend_cfg, \
+            call_backend(Path(tmp), settings) as (backend_cfg, backend_pid), \
             gateway({"redis": {"embedded_tcp_port": 0}, "backend": backend_cfg}) as g:
         vk = g.valkey_tcp()
         if vk is None:
@@ -621,7 +633,7 @@ def gateway_calls(settings: Settings) -> Outcome:
         try:
             uas.start()
             load = Load("call_uac.xml", ["-s", number, "-key", "caller", a_user], "", [],
-                        limit_seconds=1.0, port=uac_port, rtt=True)
+                        limit_seconds=1.0, port=uac_port, rtt=True, peer_pid=backend_pid)
             # the backend learns Bob's endpoint just after his REGISTER: first call gets through
             deadline = time.monotonic() + 10
             while True:
@@ -684,7 +696,7 @@ def held_dialogs(server: Server, load: Load, settings: Settings, sustained: floa
         ramp = settings.held_max_ramp
     hold = ramp + 5.0
     held = Load(load.scenario, load.sipp_args, load.probe_kind, load.probe_args,
-                limit_seconds=1.0, hold_seconds=hold, port=load.port)
+                limit_seconds=1.0, hold_seconds=hold, port=load.port, peer_pid=load.peer_pid)
     short = "" if target == settings.held_calls else \
         f" (time-bounded: {settings.held_calls:,} would take {settings.held_calls / rate:.0f} s)"
     say(f"  {server.name}: holding {target:,} calls at once{short}: opened at {rate:,.0f}/s "
