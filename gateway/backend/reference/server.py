@@ -296,6 +296,12 @@ def check_token(header: bytes | str | None, token: str) -> bool:
     return hmac.compare_digest(cred.strip().encode("utf-8"), token.encode("utf-8"))
 
 
+def _report_crash(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("backend request crashed: %r", exc, exc_info=exc)
+
+
 def _write_json(request: Request, status: int, body: Any) -> None:
     request.setResponseCode(status)
     if status == 401:
@@ -323,8 +329,7 @@ class RestResource(Resource):
 
     def render(self, request: Request) -> Any:
         # redis.asyncio needs an asyncio task, not a Deferred-driven coroutine.
-        d: Deferred[None] = Deferred.fromFuture(asyncio.ensure_future(self._handle(request)))
-        d.addErrback(lambda f: log.error("backend request crashed: %s", f.getTraceback()))
+        asyncio.ensure_future(self._handle(request)).add_done_callback(_report_crash)
         return NOT_DONE_YET
 
     async def _handle(self, request: Request) -> None:
