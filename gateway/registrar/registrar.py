@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import logging
 import random
 import secrets
@@ -172,6 +173,7 @@ class _Reject(Exception):
         self.headers = headers or []
 
 
+@functools.lru_cache(maxsize=4096)  # User-Agents repeat across a fleet
 def _ascii(text: str, limit: int = 200) -> str:
     safe = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "'" if c == '"' else " "
                    for c in text)
@@ -720,8 +722,9 @@ class Registrar:
                 granted = max(cfg.min_expires,
                               int(granted - self._rand.uniform(0, cfg.expires_jitter) * granted))
             q = _q(c)
-            contact = NameAddr(uri=c.uri, display=c.display,
-                               params=tuple((k, v) for k, v in c.params if k != "expires"))
+            contact = c if not c.params and c.bracketed else \
+                NameAddr(uri=c.uri, display=c.display,
+                         params=tuple((k, v) for k, v in c.params if k != "expires"))
             ops.append(BindingOp(key, Binding(
                 key=key, aor=aor, contact=str(contact), uri=str(c.uri), expires=now + granted,
                 q=q, call_id=request.call_id, cseq=request.cseq.number, instance=instance,
