@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.registrar.pipe import RespPipe
 from gateway.sip.dialog import Dialog
 from gateway.sip.peer import FlowId, Peer
 
@@ -119,9 +120,7 @@ class LegStore:
         # The writes of every call go over the registrar's pipelined connection where the
         # store is plain Redis/Valkey (redis-py's per-command pool checkout and layers cost
         # more than the commands); Sentinel/TLS stores keep redis-py.
-        from gateway.registrar.pipe import RespPipe
-
-        self._pipe = RespPipe.for_client(redis) if hasattr(redis, "connection_pool") else None
+        self._pipe = RespPipe.for_client(redis)
 
     async def _commands(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``cmds`` in one round trip, in order; their replies."""

@@ -50,3 +50,52 @@ async def test_leg_round_trip_through_redis(redis_url: str) -> None:
         await redis.aclose()
     d: Deferred[Any] = Deferred.fromFuture(asyncio.ensure_future(run()))
     await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_node_local_copy_and_the_record_in_redis(redis_url: str) -> None:
+    """The saving node answers from memory; another node (or this one after a restart)
+    reads the same leg from Redis; a leg a caller changed is not the stored one until
+    saved; a delete by another node wins over this node's copy."""
+    async def run() -> None:
+        redis = connect(redis_url)
+        mine, other = LegStore(redis, prefix="t2:"), LegStore(redis, prefix="t2:")
+        try:
+            leg = _leg()
+            await mine.save(leg)
+            got = await mine.by_dialog("c1@x", "lt", "rt")
+            assert got == leg
+            assert got is not None
+            got.local_sdp = "changed, not saved"
+            assert (await mine.get("L1")) == leg  # the copy handed out is not the record
+            assert (await other.by_dialog("c1@x", "lt", "rt")) == leg  # from Redis
+            assert [x.leg_id for x in await other.by_call("bc1")] == ["L1"]
+            assert await other.delete(leg) is True
+            assert await mine.delete(leg) is False  # exactly one remover
+            assert await mine.by_dialog("c1@x", "lt", "rt") is None
+        finally:
+            await mine.close()
+            await other.close()
+            await redis.aclose()
+    d: Deferred[Any] = Deferred.fromFuture(asyncio.ensure_future(run()))
+    await d
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_position_keeps_the_newest_id(redis_url: str) -> None:
+    """A burst of noted event ids ends with the newest one stored, and a fresh store (a
+    restarted node) reads it back."""
+    async def run() -> None:
+        redis = connect(redis_url)
+        store = LegStore(redis, prefix="t3:")
+        try:
+            for i in range(50):
+                store.note_last_event("node-a", f"1700000000000-{i}")
+            await store.flush_last_event()
+            assert await LegStore(redis, prefix="t3:").last_event("node-a") == \
+                "1700000000000-49"
+        finally:
+            await store.close()
+            await redis.aclose()
+    d: Deferred[Any] = Deferred.fromFuture(asyncio.ensure_future(run()))
+    await d
