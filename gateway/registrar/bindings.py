@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -65,10 +65,16 @@ class Binding:
         return max(0, int(self.expires - now + 0.5))
 
     def to_json(self) -> str:
-        # not dataclasses.asdict: it deep-copies every field, on the REGISTER hot path
-        d = {f: getattr(self, f) for f in _BINDING_FIELDS}
-        d["path"] = list(self.path)
-        return _dumps(d)
+        # not dataclasses.asdict (a deep copy of every field) nor a getattr loop: this runs
+        # for every REGISTER. tests/unit/registrar/test_binding_json.py checks it is complete.
+        return _dumps({
+            "key": self.key, "aor": self.aor, "contact": self.contact, "uri": self.uri,
+            "expires": self.expires, "q": self.q, "call_id": self.call_id, "cseq": self.cseq,
+            "instance": self.instance, "reg_id": self.reg_id, "outbound": self.outbound,
+            "path": list(self.path), "transport": self.transport, "host": self.host,
+            "port": self.port, "flow": self.flow, "node_id": self.node_id,
+            "user_agent": self.user_agent, "device_id": self.device_id,
+            "registered": self.registered})
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Binding | None:
@@ -80,7 +86,6 @@ class Binding:
             return None
 
 
-_BINDING_FIELDS = tuple(f.name for f in fields(Binding))
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 
