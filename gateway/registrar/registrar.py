@@ -268,10 +268,12 @@ class Registrar:
 
     def _answer_cached(self, request: SipRequest, peer: Peer, node_id: str,
                        creds: DigestCredentials, check: NonceCheck, now: float,
+                       out: asyncio.Future[SipResponse] | None = None,
                        ) -> SipResponse | asyncio.Future[SipResponse] | None:
         """The common authenticated REGISTER without a task: credentials prefetched, digest
         right, firmware admitted, pipe up. The script's reply completes a future through a
-        callback. None: anything else, for the coroutine (``_finish``) to do in full."""
+        callback (into ``out`` when given). None: anything else, for the coroutine
+        (``_finish``) to do in full."""
         username = creds.username[:128]
         hit = self._ha1_cache.get(username)
         if hit is None or now - hit[1] >= _CRED_CACHE_TTL:
@@ -280,10 +282,10 @@ class Registrar:
                 return None
             # The usual case under load: the answer to the 401 overtakes the prefetch.
             # Carry on when it lands.
-            out: asyncio.Future[SipResponse] = pending.get_loop().create_future()
-            pending.add_done_callback(lambda _: self._resume(out, request, peer, node_id,
+            wait: asyncio.Future[SipResponse] = pending.get_loop().create_future()
+            pending.add_done_callback(lambda _: self._resume(wait, request, peer, node_id,
                                                              creds, check, now))
-            return out
+            return wait
         auth = hit[0]
         if auth is None:
             return None
@@ -301,7 +303,7 @@ class Registrar:
                                    guard=self.config.guard)
         if raw is None:
             return None
-        done: asyncio.Future[SipResponse] = raw.get_loop().create_future()
+        done = out if out is not None else raw.get_loop().create_future()
         raw.add_done_callback(lambda r: self._applied(r, done, request, peer, update, ctx,
                                                       now))
         return done
@@ -313,9 +315,11 @@ class Registrar:
         try:
             # without a cached record the prefetch failed: the coroutine reads afresh
             if creds.username[:128] in self._ha1_cache:
-                again = self._answer_cached(request, peer, node_id, creds, check, now)
+                again = self._answer_cached(request, peer, node_id, creds, check, now, out)
         except Exception as e:  # noqa: BLE001 - mapped to a status by the one function
             again = self._error_response(request, e)
+        if again is out:
+            return  # the store's reply completes it
         if again is None:
             task = asyncio.ensure_future(self._finish(request, peer, node_id, creds, check,
                                                       now))
