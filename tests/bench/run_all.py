@@ -643,9 +643,7 @@ def gateway_calls(settings: Settings) -> Outcome:
                 if time.monotonic() > deadline:
                     raise NotAvailable("no call got through the gateway: "
                                        + check.sipp.errors[-300:])
-            # a start the gateway passes: a calibration that misses its delivery halves the
-            # rate, and the quick search has too few steps to climb back
-            out = find_sustained(g, load, settings, start=80, ceiling=5_000)
+            out = find_sustained(g, load, settings, start=100, ceiling=5_000)
             if out.rate:
                 out.extra["held"] = held_dialogs(g, load, settings, out.rate)
             return out
