@@ -4,9 +4,12 @@
         --rates 300,400,500,600 --seconds 8 [--lift-source-limit] [--profile out.txt]
 
 Each SIPp "call" is REGISTER -> 401 -> REGISTER with digest -> 200, so calls/s is
-authenticated REGISTERs/s. The gateway is pinned to core 0 and SIPp to core 1; a
-small probe (a digest-speaking UDP phone) measures its own latency during each step,
-since SIPp's timings tick in 4 ms. A step passes at < 0.1 % failed calls.
+authenticated REGISTERs/s. The gateway and its Valkey run on core 0 and SIPp on core
+1; a small probe (a digest-speaking UDP phone) measures its own latency during each
+step, since SIPp's timings tick in 4 ms. A step passes at < 0.1 % failed calls. Each
+step also shows the CPU share of the gateway and of Valkey (they share core 0), and the
+run ends with Valkey's per-command cost (INFO commandstats; wall time, so inflated
+while the two compete for the core).
 
 ``--lift-source-limit``: SIPp sends from one address, and the abuse guard admits at
 most ``GuardConfig.source_rate`` REGISTERs per source per window (5,000 / 10 s); until
