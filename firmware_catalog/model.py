@@ -47,7 +47,8 @@ class Compliance(Enum):
     """Outcome of checking a device against the catalog.
 
     Admitted: SUPPORTED, BELOW_APPROVED (admitted but flagged; provisioning offers the
-    approved firmware). Everything else is rejected at REGISTER.
+    approved firmware), LAB_CLIENT (an operator's explicit exception, flagged).
+    Everything else is rejected at REGISTER.
     """
 
     SUPPORTED = "supported"
@@ -57,10 +58,12 @@ class Compliance(Enum):
     UNKNOWN_VENDOR = "unknown-vendor"
     ENTERPRISE_FIRMWARE = "enterprise-firmware"
     UNPARSEABLE = "unparseable"
+    # Not in the table: a client the operator admits by User-Agent (firmware_catalog.lab)
+    LAB_CLIENT = "lab-client"
 
     @property
     def admitted(self) -> bool:
-        return self in (Compliance.SUPPORTED, Compliance.BELOW_APPROVED)
+        return self in (Compliance.SUPPORTED, Compliance.BELOW_APPROVED, Compliance.LAB_CLIENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +154,8 @@ class Verdict:
 
     @property
     def flagged(self) -> bool:
-        return self.compliance is Compliance.BELOW_APPROVED
+        """Admitted but not compliant: shown as such on the ops page and in metrics."""
+        return self.compliance in (Compliance.BELOW_APPROVED, Compliance.LAB_CLIENT)
 
     @property
     def e911(self) -> bool:

@@ -273,11 +273,15 @@ class Gateway:
         secret_path = (Path(r.nonce_secret_file) if r.nonce_secret_file
                        else cfg.data_path / "secrets" / "nonce.key")
         secret = load_or_create_key(secret_path)
+        catalog: Any = load_catalog()
+        if r.lab_user_agents:
+            from firmware_catalog.lab import LabClients
+            catalog = LabClients(catalog, r.lab_user_agents)
         self.devices = DeviceStore(self.redis, realm)
         self.registrar = Registrar(
             BindingStore(self.redis), self.devices,
             DigestAuthenticator(realm, [secret], r.nonce_ttl),
-            AbuseGuard(self.redis, GuardConfig()), load_catalog(),
+            AbuseGuard(self.redis, GuardConfig()), catalog,
             RegistrarConfig(realm=realm, min_expires=r.min_expires, max_expires=r.max_expires,
                             default_expires=r.default_expires,
                             expires_jitter=r.expires_jitter,

@@ -114,6 +114,9 @@ class RegistrarSettings:
     # removed after this many unanswered rounds in a row
     keepalive_interval: float = 30.0
     keepalive_failures: int = 3
+    # User-Agent prefixes admitted outside the device table, flagged as lab clients
+    # (e.g. ["baresip "] for an interop lab); empty: only the table admits
+    lab_user_agents: list[str] = field(default_factory=list)
 
 
 @dataclass
