@@ -18,6 +18,7 @@ returns the ``B2BUA`` (``stop()`` to detach).
 from __future__ import annotations
 
 import asyncio
+import email.message
 import email.parser
 import email.policy
 import logging
@@ -129,7 +130,7 @@ def split_body(request: SipRequest) -> tuple[str, str]:
     if not msg.is_multipart():
         return "", ""
     for part in msg.get_payload():
-        if not hasattr(part, "get_content_type"):
+        if not isinstance(part, email.message.Message):
             continue
         payload = part.get_payload(decode=True)
         text = payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
