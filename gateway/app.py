@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -314,21 +314,31 @@ class Gateway:
 
     async def _keepalive_ping(self, peer: Peer, binding: Any) -> int | None:
         """One OPTIONS to the phone behind ``binding``; None when nothing came back."""
+        response = await self.request_binding("OPTIONS", binding)
+        return None if is_local_failure(response) else response.status
+
+    async def request_binding(self, method: str, binding: Any,
+                              headers: Sequence[tuple[str, str]] = ()) -> SipResponse:
+        """An out-of-dialog request (RFC 3261 §8.1.1) to the phone behind ``binding``: to
+        its registered Contact, via its NAT-mapped source and its Path (RFC 3327).
+
+        Raises SipParseError when the stored Contact is not a URI we can address.
+        """
         from gateway.sip.headers import Headers
         from gateway.sip.uri import Uri
 
-        domain = self.config.sip.domain
-        headers = [("Max-Forwards", "70"),
-                   ("From", f"<sip:sipgw@{domain}>;tag={new_tag()}"),
-                   ("To", f"<{binding.aor}>"),
-                   ("Call-ID", os.urandom(12).hex()),
-                   ("CSeq", "1 OPTIONS")]
-        headers += [("Route", route) for route in binding.path]
-        headers.append(("Contact", self.b2bua.our_contact(peer.transport)))
-        options = SipRequest(method="OPTIONS", uri=Uri.parse(binding.uri),
-                             headers=Headers(headers), body=b"")
-        response = await self.request(options, peer)
-        return None if is_local_failure(response) else response.status
+        uri = Uri.parse(binding.uri)
+        source = binding.source
+        items = [("Max-Forwards", "70"),
+                 ("From", f"<sip:sipgw@{self.config.sip.domain}>;tag={new_tag()}"),
+                 ("To", f"<{binding.aor}>"),
+                 ("Call-ID", os.urandom(16).hex()),
+                 ("CSeq", f"1 {method}")]
+        items += [("Route", route) for route in binding.path]
+        items.append(("Contact", self.b2bua.our_contact(source.transport)))
+        items += headers
+        return await self.request(SipRequest(method=method, uri=uri, headers=Headers(items),
+                                             body=b""), source)
 
     def _every(self, interval: float, job: Callable[[], Awaitable[Any]], what: str) -> None:
         async def loop() -> None:
@@ -463,7 +473,7 @@ class Gateway:
             else:
                 self.driver.respond(event.key, not_allowed(request, tag=tag))
             return
-        self._spawn(self._run_handler(handler, event, tag))
+        self._spawn(self._await_response(handler(event), event, tag))
 
     def _run_immediate(self, handler: ImmediateHandler, event: RequestReceived) -> None:
         try:
@@ -492,19 +502,9 @@ class Gateway:
             self.driver.respond(event.key, response)
 
     async def _await_response(self, result: Awaitable[SipResponse | None],
-                              event: RequestReceived) -> None:
+                              event: RequestReceived, tag: str = "") -> None:
         try:
             response = await result
-        except Exception as e:  # noqa: BLE001 - one function maps failures to SIP (STYLE 8)
-            self._handler_failed(event, e)
-            return
-        if response is not None:
-            self.driver.respond(event.key, response)
-
-    async def _run_handler(self, handler: RequestHandler, event: RequestReceived,
-                           tag: str) -> None:
-        try:
-            response = await handler(event)
         except Exception as e:  # noqa: BLE001 - one function maps failures to SIP (STYLE 8)
             self._handler_failed(event, e, tag)
             return

@@ -63,7 +63,7 @@ from gateway.registrar.devices import DeviceError, normalise_mac
 from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
 from gateway.sip.events import RequestReceived
-from gateway.sip.headers import Headers, NameAddr
+from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, build_response
 from gateway.sip.sdp import SdpError, SessionDescription, simple_answer
 from gateway.sip.stack import new_tag
@@ -258,24 +258,13 @@ class IdentityService:
             if b.flow and b.node_id != self.gw.node_id:
                 continue  # a stream flow of another node: only that node can reach it
             try:
-                uri = Uri.parse(b.uri)
+                resp = await self.gw.request_binding("NOTIFY", b, [
+                    ("Event", event), ("Subscription-State", "terminated;reason=noresource")])
             except SipParseError:
                 continue
-            source = b.source
-            headers = [("Max-Forwards", "70"),
-                       ("From", f"<sip:sipgw@{self.domain}>;tag={new_tag()}"),
-                       ("To", f"<{device.aor}>"),
-                       ("Call-ID", secrets.token_hex(16)),
-                       ("CSeq", "1 NOTIFY")]
-            headers += [("Route", r) for r in b.path]
-            headers += [("Contact", self.gw.b2bua.our_contact(source.transport)),
-                        ("Event", event),
-                        ("Subscription-State", "terminated;reason=noresource")]
-            notify = SipRequest(method="NOTIFY", uri=uri, headers=Headers(headers), body=b"")
-            resp = await self.gw.request(notify, source)
             statuses.append(resp.status)
             if resp.status not in NOTIFY_OK:
-                log.info("check-sync NOTIFY to %s (%s) answered %s %s", device_id, source,
+                log.info("check-sync NOTIFY to %s (%s) answered %s %s", device_id, b.source,
                          resp.status, resp.reason)
         return statuses
 
