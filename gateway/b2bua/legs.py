@@ -29,9 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.registrar.pipe import RespPipe
 from gateway.sip.dialog import Dialog
 from gateway.sip.peer import FlowId, Peer
+from gateway.state.pipe import RespPipe
 
 log = logging.getLogger("sipgw.b2bua")
 

@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from gateway.registrar.guard import GuardConfig
-from gateway.registrar.pipe import RespPipe
 from gateway.sip.peer import FlowId, Peer
 from gateway.state import keys
+from gateway.state.pipe import RespPipe
 
 # Extra lifetime of the per-AOR keys beyond the last binding's expiry (s).
 KEY_SLACK = 60
