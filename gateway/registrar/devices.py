@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from gateway.sip.digest import compute_ha1
 from gateway.state import keys
+from gateway.state.pipe import RespPipe
 
 MAC_RE = re.compile(r"^[0-9a-f]{12}$")
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9._\-+]{1,64}$")
@@ -179,6 +181,26 @@ class DeviceStore:
         self.redis: Any = redis
         self.realm = realm
         self.clock = clock
+        self._by_username = redis.register_script(_BY_USERNAME_LUA)
+        self._pipe_for: Any = None
+        self._pipe_obj: RespPipe | None = None
+
+    @property
+    def _pipe(self) -> RespPipe | None:
+        # An INVITE reads its caller's device: over the pipelined connection where the
+        # store is plain Redis/Valkey, as the registrar's hot path does; opened on first use
+        # only, so short-lived stores (admin commands) never open one.
+        if self._pipe_for is not self.redis:
+            self._pipe_for = self.redis
+            self._pipe_obj = RespPipe.for_client(self.redis)
+        return self._pipe_obj
+
+    async def close(self) -> None:
+        """Close the pipelined connection, if one was opened (idempotent)."""
+        pipe, self._pipe_obj = self._pipe_obj, None
+        self._pipe_for = None
+        if pipe is not None:
+            await pipe.close()
 
     async def add(self, mac: str, vendor: str, model: str, tenant: str, *,
                   sip_username: str | None = None) -> tuple[Device, Credentials]:
@@ -216,8 +238,29 @@ class DeviceStore:
         return device_from_hash(h, auth)
 
     async def get_by_username(self, username: str) -> Device | None:
-        rec = await self.get_auth(username)
-        return None if rec is None else await self.get(rec.device_id)
+        """The device whose SIP username this is: credentials and account in one round
+        trip (a script follows the credentials to the device hash)."""
+        auth_key = keys.device_auth(username)
+        dev_prefix = keys.device("")
+        pipe = self._pipe
+        if pipe is None:
+            reply = await self._by_username(keys=[auth_key], args=[dev_prefix])
+        else:
+            try:
+                reply = await pipe.execute("EVALSHA", self._by_username.sha, 1, auth_key,
+                                           dev_prefix)
+            except NoScriptError:  # a restarted server: load it once, the slow way
+                await pipe.execute("SCRIPT", "LOAD", _BY_USERNAME_LUA)
+                reply = await pipe.execute("EVALSHA", self._by_username.sha, 1, auth_key,
+                                           dev_prefix)
+        if not reply or not reply[0] or not reply[1]:
+            return None
+        auth, h = _pairs(reply[0]), _pairs(reply[1])
+        if _s(h, "sip_username") != username:
+            # the account names other credentials than these (an admin renamed it): read
+            # them as ``get`` does
+            auth = await self.redis.hgetall(keys.device_auth(_s(h, "sip_username")))
+        return device_from_hash(h, auth)
 
     async def get_auth(self, username: str) -> AuthRecord | None:
         return parse_auth(await self.redis.hgetall(keys.device_auth(username)))
@@ -291,6 +334,12 @@ class DeviceStore:
         return sorted(m.decode() for m in members)
 
 
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat HGETALL reply (field, value, ...) as a dict."""
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
 def parse_auth(h: Mapping[bytes, bytes] | None) -> AuthRecord | None:
     if not h:
         return None
@@ -308,4 +357,16 @@ redis.call('HSET', KEYS[1], 'device_id', ARGV[1], 'vendor', ARGV[2], 'model', AR
 redis.call('HSET', KEYS[2], 'device_id', ARGV[1], 'ha1_md5', ARGV[8], 'ha1_sha256', ARGV[9])
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
 return 'ok'
+"""
+
+# KEYS[1] = the credentials hash of a SIP username; ARGV[1] = the device key prefix.
+# Returns {credentials, device hash} as flat HGETALL lists ({} when no credentials).
+_BY_USERNAME_LUA = """
+local auth = redis.call('HGETALL', KEYS[1])
+if #auth == 0 then return {} end
+local id = ''
+for i = 1, #auth, 2 do
+  if auth[i] == 'device_id' then id = auth[i + 1] end
+end
+return {auth, redis.call('HGETALL', ARGV[1] .. id)}
 """

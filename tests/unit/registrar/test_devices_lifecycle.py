@@ -142,3 +142,25 @@ def test_generated_passwords_avoid_prefixes_tools_misread() -> None:
     for _ in range(3000):
         pw = generate_credentials("u", "r").password
         assert not pw.startswith(("0x", "0X", "-")) and len(pw) >= 22
+
+
+def test_get_by_username_reads_credentials_and_account(env: Env) -> None:
+    """The INVITE path's device read (one scripted round trip) gives what ``get`` gives,
+    also after the server forgot its scripts, and None for unknown or half-gone accounts."""
+    async def body() -> None:
+        _, r = env.make()
+        store = DeviceStore(r, REALM, clock=env.clock)
+        dev, _ = await store.add("0004f2000031", "Poly", "VVX410", "t1",
+                                 sip_username="desk-31")
+        await store.set_paired(dev.device_id, "alice@contoso.example")
+        want = await store.get(dev.device_id)
+        assert want is not None and want.paired and want.ha1_sha256
+        assert await store.get_by_username("desk-31") == want
+        await r.script_flush()
+        assert await store.get_by_username("desk-31") == want
+        assert await store.get_by_username("nobody") is None
+        await r.delete(f"sipgw:dev:{dev.device_id}")
+        assert await store.get_by_username("desk-31") is None
+        await store.close()
+        await r.aclose()
+    return arun(body())
