@@ -105,6 +105,7 @@ class Gateway:
         self.on_stray: Callable[[StrayResponse], None] | None = None
         self.backend: Any = None
         self.registrar: Any = None
+        self.fast_lane: Any = None
         self.devices: Any = None
         self._tasks = TaskSet(log, "gateway")
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
@@ -277,17 +278,23 @@ class Gateway:
         if r.lab_user_agents:
             from firmware_catalog.lab import LabClients
             catalog = LabClients(catalog, r.lab_user_agents)
+        guard = GuardConfig(rate_window=r.rate_window, source_rate=r.source_rate,
+                            account_rate=r.account_rate, failure_window=r.failure_window,
+                            source_failures=r.source_failures,
+                            account_failures=r.account_failures,
+                            block_seconds=r.block_seconds)
         self.devices = DeviceStore(self.redis, realm)
         self.registrar = Registrar(
             BindingStore(self.redis), self.devices,
-            DigestAuthenticator(realm, [secret], r.nonce_ttl),
-            AbuseGuard(self.redis, GuardConfig()), catalog,
+            DigestAuthenticator(realm, [secret], r.nonce_ttl,
+                                algorithms=tuple(r.digest_algorithms)),
+            AbuseGuard(self.redis, guard), catalog,
             RegistrarConfig(realm=realm, min_expires=r.min_expires, max_expires=r.max_expires,
                             default_expires=r.default_expires,
                             expires_jitter=r.expires_jitter,
                             max_bindings_per_aor=r.max_bindings_per_aor, nonce_ttl=r.nonce_ttl,
                             stale_paired_days=r.stale_paired_days,
-                            stale_unpaired_days=r.stale_unpaired_days),
+                            stale_unpaired_days=r.stale_unpaired_days, guard=guard),
             RegistrarMetrics(self.registry))
         registrar = self.registrar
 
@@ -297,6 +304,14 @@ class Gateway:
             return registrar.answer(event.request, event.peer, node_id)
 
         self.on_request_now("REGISTER", on_register)
+        if r.fast_lane:
+            from gateway.registrar.fastlane import FastLane
+
+            assert self.stack is not None
+            self.fast_lane = FastLane(registrar, node_id, self.driver.send_datagram,
+                                      self.driver.receive_general,
+                                      server=self.stack.config.server_header)
+            self.driver.udp_fast = self.fast_lane.take
         self._every(r.sweep_interval, registrar.sweep_expired, "binding sweep")
         self._every(r.offboard_interval, registrar.offboard_stale, "stale-device sweep")
 

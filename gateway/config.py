@@ -117,6 +117,21 @@ class RegistrarSettings:
     # User-Agent prefixes admitted outside the device table, flagged as lab clients
     # (e.g. ["baresip "] for an interop lab); empty: only the table admits
     lab_user_agents: list[str] = field(default_factory=list)
+    # Everyday UDP REGISTERs answered straight from the datagram (same decisions, a
+    # fraction of the CPU); false sends every REGISTER through the general SIP path
+    fast_lane: bool = True
+    # digest algorithms challenged with, in preference order (RFC 8760): "MD5" and/or
+    # "SHA-256" (a 401 then carries one WWW-Authenticate per algorithm)
+    digest_algorithms: list[str] = field(default_factory=lambda: ["MD5"])
+    # abuse guard, held in Redis across nodes: requests per rate_window seconds per source
+    # address / per account; failed digests per failure_window before a block
+    rate_window: int = 10
+    source_rate: int = 5000
+    account_rate: int = 30
+    failure_window: int = 300
+    source_failures: int = 10
+    account_failures: int = 10
+    block_seconds: int = 900
 
 
 @dataclass

@@ -387,13 +387,15 @@ class Registrar:
         return self._fail(request, 500, "internal error")
 
     def _count(self, resp: SipResponse) -> SipResponse:
-        if self.metrics is not None:
-            child = self._results.get(resp.status)
-            if child is None:
-                child = self._results[resp.status] = self.metrics.results.labels(
-                    str(resp.status))
-            child.inc()
+        self._count_status(resp.status)
         return resp
+
+    def _count_status(self, status: int) -> None:
+        if self.metrics is not None:
+            child = self._results.get(status)
+            if child is None:
+                child = self._results[status] = self.metrics.results.labels(str(status))
+            child.inc()
 
     async def lookup(self, aor: str) -> list[Binding]:
         """Live bindings of a device AOR, or of every device of a paired user's AOR."""
@@ -511,13 +513,9 @@ class Registrar:
         # Authenticated. The firmware verdict applies to every REGISTER.
         ua = request.headers.get("User-Agent") or ""
         verdict = self._evaluate(ua)
-        fields = self._verdict_fields(verdict, ua, now)
         aor = f"sip:{creds.username}@{self.auth.realm}"
-        base: dict[str, Any] = dict(
-            aor=aor, device_id=auth.device_id, username=username,
-            call_id=request.call_id, cseq=request.cseq.number, nonce=creds.nonce, nc=_nc(creds),
-            nonce_ttl=self.auth.nonce_ttl + 10, source_ip=peer.host, device_fields=fields,
-            ha1_field=_HA1_FIELD[creds.algorithm], ha1=auth.ha1[creds.algorithm])
+        base = self.update_base(creds, auth, request.call_id, request.cseq.number, peer.host,
+                                self._verdict_fields(verdict, ua, now))
         if not verdict.admitted:
             return RegisterUpdate(**base, apply=False), _Ctx(
                 aor, auth.device_id, username, node_id, (), False, False, [],
@@ -526,6 +524,16 @@ class Registrar:
                                                           auth.device_id, ua, now)
         return RegisterUpdate(**base, ops=ops, wildcard=wildcard), _Ctx(
             aor, auth.device_id, username, node_id, tuple(ops), wildcard, outbound, path, "")
+
+    def update_base(self, creds: DigestCredentials, auth: AuthRecord, call_id: str, cseq: int,
+                    source_ip: str, fields: dict[str, str]) -> dict[str, Any]:
+        """The ``RegisterUpdate`` fields every authenticated REGISTER has (all but the ops)."""
+        return dict(
+            aor=f"sip:{creds.username}@{self.auth.realm}", device_id=auth.device_id,
+            username=creds.username[:128], call_id=call_id, cseq=cseq, nonce=creds.nonce,
+            nc=_nc(creds), nonce_ttl=self.auth.nonce_ttl + 10, source_ip=source_ip,
+            device_fields=fields, ha1_field=_HA1_FIELD[creds.algorithm],
+            ha1=auth.ha1[creds.algorithm])
 
     def _conclude(self, request: SipRequest, peer: Peer, result: RegisterResult, ctx: _Ctx,
                   now: float) -> SipResponse:
@@ -721,24 +729,27 @@ class Registrar:
                 outbound_used = True
                 if path and not NameAddr.parse(path[-1]).uri.has_param("ob"):
                     raise _Reject(439, "first hop lacks outbound support")
-            granted = min(requested, cfg.max_expires)
-            if cfg.expires_jitter > 0:
-                granted = max(cfg.min_expires,
-                              int(granted - self._rand.uniform(0, cfg.expires_jitter) * granted))
-            q = _q(c)
-            contact = c if not c.params and c.bracketed else \
-                NameAddr(uri=c.uri, display=c.display,
-                         params=tuple((k, v) for k, v in c.params if k != "expires"))
             ops.append(BindingOp(key, Binding(
-                key=key, aor=aor, contact=str(contact), uri=str(c.uri), expires=now + granted,
-                q=q, call_id=request.call_id, cseq=request.cseq.number, instance=instance,
-                reg_id=reg_id, outbound=outbound, path=tuple(path), transport=peer.transport,
-                host=peer.host, port=peer.port, flow=peer.flow, node_id=node_id,
-                user_agent=_ascii(ua, 200), device_id=device_id, registered=now)))
+                key=key, aor=aor, contact=_bound_contact(c), uri=str(c.uri),
+                expires=now + self.grant(requested), q=_q(c), call_id=request.call_id,
+                cseq=request.cseq.number, instance=instance, reg_id=reg_id, outbound=outbound,
+                path=tuple(path), transport=peer.transport, host=peer.host, port=peer.port,
+                flow=peer.flow, node_id=node_id, user_agent=_ascii(ua, 200),
+                device_id=device_id, registered=now)))
         if too_brief:
             raise _Reject(423, f"expiry below the minimum of {cfg.min_expires}s",
                           [("Min-Expires", str(cfg.min_expires))])
         return ops, False, outbound_used, path
+
+    def grant(self, requested: int) -> int:
+        """The expiry granted for a requested one at or above the minimum: capped, and
+        jittered down so a fleet rebooted at once does not re-register in step."""
+        cfg = self.config
+        granted = min(requested, cfg.max_expires)
+        if cfg.expires_jitter > 0:
+            granted = max(cfg.min_expires,
+                          int(granted - self._rand.uniform(0, cfg.expires_jitter) * granted))
+        return granted
 
     async def _apply(self, update: RegisterUpdate, now: float) -> RegisterResult:
         # no timer here: the store's hot path has one deadline for all commands in flight
@@ -788,6 +799,13 @@ class Registrar:
         base = self.config.retry_after
         return base + self._rand.randint(0, max(1, base // 2))
 
+    def date(self, now: float) -> str:
+        """The Date header value for ``now`` (formatted once a second)."""
+        sec = int(now)
+        if self._date[0] != sec:
+            self._date = (sec, email.utils.formatdate(sec, usegmt=True))
+        return self._date[1]
+
     def _challenge(self, request: SipRequest, now: float, *, stale: bool = False) -> SipResponse:
         headers = [("WWW-Authenticate", ch) for ch in self.auth.challenges(now, stale=stale)]
         return build_response(request, 401, to_tag=_tag(), headers=headers)
@@ -807,10 +825,7 @@ class Registrar:
         hs: list[tuple[str, str]] = []
         for b in bindings:
             hs.append(("Contact", f"{b.contact};expires={b.remaining(now)}"))
-        sec = int(now)
-        if self._date[0] != sec:
-            self._date = (sec, email.utils.formatdate(sec, usegmt=True))
-        hs.append(("Date", self._date[1]))
+        hs.append(("Date", self.date(now)))
         if outbound:
             # RFC 5626 §6: the registrar confirms it honoured reg-id, and sets the interval.
             hs.append(("Require", "outbound"))
@@ -849,6 +864,14 @@ def _norm_aor(aor: str) -> str:
 def _nc(creds: DigestCredentials) -> int:
     # Without qop there is no nc: the nonce is then good for one REGISTER (nc=1).
     return creds.nc if creds.nc is not None else 1
+
+
+def _bound_contact(c: NameAddr) -> str:
+    """The Contact as stored with its binding: as registered, without ``expires``."""
+    if not c.params and c.bracketed:
+        return str(c)
+    return str(NameAddr(uri=c.uri, display=c.display,
+                        params=tuple((k, v) for k, v in c.params if k != "expires")))
 
 
 def _contact_expires(c: NameAddr, header: int | None, default: int) -> int:

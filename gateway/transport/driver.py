@@ -136,6 +136,8 @@ class SipDriver:
         self._pumping = False
         self._pump_again = False
         self._stopped = False
+        # Sees every UDP datagram first; True: it took it (gateway.registrar.fastlane).
+        self.udp_fast: Callable[[bytes, Peer], bool] | None = None
 
     # -- listening ---------------------------------------------------------------------
 
@@ -268,8 +270,21 @@ class SipDriver:
             self._peer_socket.move_to_end(key)
             if len(self._peer_socket) > _PEER_SOCKET_CACHE:
                 self._peer_socket.popitem(last=False)
+        fast = self.udp_fast
+        if fast is not None and fast(data, peer):
+            return
         self._stack.receive_datagram(data, peer, self.now())
         self.flush()
+
+    def receive_general(self, data: bytes, peer: Peer) -> None:
+        """A UDP datagram the fast lane took and then handed back, the general way."""
+        self._stack.receive_datagram(data, peer, self.now())
+        self.flush()
+
+    def send_datagram(self, data: bytes, peer: Peer) -> None:
+        """Bytes built outside the stack (the fast lane's responses), counted and routed
+        like the stack's own."""
+        self._send(data, peer)
 
     def _udp_candidates(self, v6: bool) -> list[SipDatagramProtocol]:
         same = self._udp_by_family.get(v6)

@@ -12,10 +12,16 @@ run ends with Valkey's per-command cost (INFO commandstats; wall time, so inflat
 while the two compete for the core).
 
 ``--lift-source-limit``: SIPp sends from one address, and the abuse guard admits at
-most ``GuardConfig.source_rate`` REGISTERs per source per window (5,000 / 10 s); until
-that limit is configurable this flag lifts it in the measured process only (a
-``sitecustomize`` shim on its PYTHONPATH), so the measurement shows the node's
-capacity, not the guard.
+most ``[registrar] source_rate`` REGISTERs per source per window (5,000 / 10 s); this
+flag raises it for the measured gateway, so the measurement shows the node's capacity,
+not the guard.
+
+``--store-core 1``: move the embedded Valkey to core 1 (with SIPp) after start, so core
+0 holds the gateway process alone: Valkey stands for the shared store, which a
+deployment runs on its own hosts. Default: Valkey shares core 0 with the gateway.
+
+``--general``: turn the registrar's fast lane off (``[registrar] fast_lane = false``) to
+measure the general SIP path.
 """
 
 from __future__ import annotations
@@ -36,16 +42,6 @@ import redis as redis_sync
 from ..gateway_process import GatewayProcess
 from .helpers import HERE, UdpPhone, overrides, provision, write_csv
 
-_SHIM = '''
-import os
-if os.environ.get("PERF_LIFT_SOURCE_LIMIT"):
-    import gateway.registrar.guard as _g
-    _orig = _g.GuardConfig.__init__
-    def _init(self, *a, **kw):
-        _orig(self, *a, **kw)
-        object.__setattr__(self, "source_rate", 10**9)
-    _g.GuardConfig.__init__ = _init
-'''
 
 
 def _probe(host: str, port: int, user: str, pw: str, stop: threading.Event,
@@ -90,22 +86,25 @@ def main() -> int:
     ap.add_argument("--rates", default="300,400,500,600")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--lift-source-limit", action="store_true")
+    ap.add_argument("--store-core", type=int, default=0, choices=(0, 1))
+    ap.add_argument("--general", action="store_true")
     ap.add_argument("--profile", help="py-spy raw profile of the gateway during the last step")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
     with tempfile.TemporaryDirectory(prefix="perf-register-") as tmp_s:
         tmp = Path(tmp_s)
-        env: dict[str, str] = {}
+        reg: dict[str, object] = {}
         if args.lift_source_limit:
-            (tmp / "shim").mkdir()
-            (tmp / "shim" / "sitecustomize.py").write_text(_SHIM)
-            env = {"PYTHONPATH": str(tmp / "shim"), "PERF_LIFT_SOURCE_LIMIT": "1"}
+            reg["source_rate"] = 10**9
+        if args.general:
+            reg["fast_lane"] = False
         # Spawned on core 0 so every thread and the Valkey child inherit it (pinning the
         # process afterwards would leave Valkey and early threads free to use core 1).
         mine = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {0})
         try:
-            gw = GatewayProcess(tmp, overrides(redis={"embedded_tcp_port": 0}), env=env).start()
+            gw = GatewayProcess(tmp, overrides(redis={"embedded_tcp_port": 0},
+                                               registrar=reg)).start()
         finally:
             os.sched_setaffinity(0, mine)
         try:
@@ -118,6 +117,11 @@ def main() -> int:
             # the embedded Valkey shares core 0 with the gateway: show each one's share
             gw_pid = gw.proc.pid  # type: ignore[union-attr]
             store_pids = _children(gw_pid)
+            for pid in store_pids:  # every thread of it
+                subprocess.run(["taskset", "-a", "-p", "-c", str(args.store_core), str(pid)],
+                               check=True, capture_output=True)
+            print(f"gateway on core 0, Valkey on core {args.store_core}, SIPp on core 1; "
+                  f"REGISTERs by the {'general path' if args.general else 'fast lane'}")
             print(f"{'rate':>6} {'ok':>7} {'failed':>7} {'reg/s':>7} {'p50 ms':>7} "
                   f"{'p99 ms':>7} {'gw cpu':>6} {'valkey':>6}  (probe: full 401+200 cycle)")
             offset = 0

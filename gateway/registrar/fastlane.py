@@ -1,0 +1,356 @@
+"""The registrar's fast lane: everyday UDP REGISTERs answered straight from the datagram.
+
+RFC 3261 §10.3 as ``Registrar`` does it, for the one shape a fleet sends all
+day (``gateway.sip.lean``): one Via, one Contact, digest credentials or none.
+The request is not built into a ``SipRequest``, there is no transaction object
+(``ReplayCache`` answers retransmissions), and the response is rendered
+straight to bytes. The decisions are the registrar's own (its nonce, digest,
+admission, firmware verdict, binding and store code); anything outside the
+common case is handed to the general path untouched, before any state has
+changed, so it is answered exactly as it would have been without this lane:
+
+- no credentials: local admission, credentials prefetch, 401 (not remembered:
+  a challenge is stateless, a retransmission gets a fresh one);
+- credentials: nonce, digest against the prefetched HA1s, firmware admitted,
+  a Contact with an expiry at or above the minimum, then the register script;
+  its ``ok`` is answered here (200 with the AOR's bindings) and listeners are
+  told, its other outcomes by the registrar's own mapping.
+
+Handed over: removals (expiry 0), fetches (no Contact), outbound reg-id, Path,
+wrong or unknown credentials (failure counting), firmware refusals, overload,
+and every request whose credentials are not cached yet (the prefetch failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from gateway.registrar.auth import AuthStatus
+from gateway.registrar.bindings import Binding, BindingOp, RegisterUpdate
+from gateway.registrar.devices import AuthRecord
+from gateway.registrar.registrar import (
+    Registrar,
+    Registration,
+    _ascii,
+    _bound_contact,
+    _Ctx,
+    _q,
+    _Reject,
+    _tag,
+)
+from gateway.sip.digest import DigestCredentials, DigestError, NonceCheck, NonceStatus
+from gateway.sip.errors import SipParseError
+from gateway.sip.headers import NameAddr
+from gateway.sip.lean import (
+    LeanRegister,
+    Replay,
+    ReplayCache,
+    read_register,
+    render_response,
+    stamp_via,
+)
+from gateway.sip.message import ParseFailure, SipRequest, SipResponse, parse_message
+from gateway.sip.peer import Peer
+from gateway.sip.routing import stamp_via as stamp_via_general
+
+log = logging.getLogger(__name__)
+
+_CONTACT_CACHE_MAX = 50_000
+_SWEEP_EVERY = 1.0  # s between replay-cache expiry passes
+
+
+class _Contact:
+    """A registered Contact read once (phones send the same one on every refresh)."""
+
+    __slots__ = ("key", "contact", "uri", "expires", "q", "instance", "general")
+
+    def __init__(self, c: NameAddr) -> None:
+        e = c.param("expires")
+        e = e.strip() if e is not None else None
+        # RFC 5626 outbound and garbled expiries (400) are the general path's
+        self.general = c.param("reg-id") is not None or \
+            (e is not None and (not e.isdigit() or len(e) > 10))
+        self.expires = int(e) if e is not None and not self.general else None
+        self.key = f"uri:{c.uri}"
+        self.contact = _bound_contact(c)
+        self.uri = str(c.uri)
+        self.instance = c.param("+sip.instance")
+        self.q = _q(c)  # _Reject on a bad q: the general path answers 400
+
+
+class FastLane:
+    """Answer everyday UDP REGISTERs without the general SIP path (RFC 3261 §10.3, §17.2.2).
+
+    ``take(data, peer)`` is called for every UDP datagram before the general
+    path; it returns True when it has taken the datagram (answered it, or will),
+    False to let the general path have it. ``send`` writes a datagram; ``general``
+    feeds one to the general path (for requests handed over after waiting).
+    """
+
+    def __init__(self, registrar: Registrar, node_id: str,
+                 send: Callable[[bytes, Peer], None],
+                 general: Callable[[bytes, Peer], None], *, server: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registrar = registrar
+        self.node_id = node_id
+        self._send = send
+        self._general = general
+        self._server = server
+        self._server_line = f"Server: {server}\r\n" if server else ""
+        self.clock = clock
+        self.replays = ReplayCache()
+        self._contacts: dict[str, _Contact | None] = {}
+        self._next_sweep = 0.0
+        self.taken = 0  # datagrams answered here (for tests and the ops page)
+
+    # -- the entry point -------------------------------------------------------------
+    def take(self, data: bytes, peer: Peer) -> bool:
+        req = read_register(data)
+        if req is None:
+            return False
+        key = (req.branch, peer.host, peer.port)
+        replays = self.replays
+        seen = replays.get(key)
+        if seen is not None:
+            if seen is Replay.GENERAL:
+                return False  # its transaction lives in the general path
+            if seen is not Replay.IN_PROGRESS:
+                self._send(seen, peer)  # type: ignore[arg-type]
+            return True
+        now = self.clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_EVERY
+            replays.expire(now)
+        try:
+            out = self._answer(req, data, peer, key, now)
+        except Exception as e:  # noqa: BLE001 - a bug here must not lose the request
+            if not isinstance(e, (_Reject, SipParseError, DigestError)):
+                log.error("fast lane failed; handing the REGISTER over", exc_info=e)
+            out = None
+        if out is None:
+            replays.put(key, Replay.GENERAL, now)
+            return False
+        self.taken += 1
+        return True
+
+    # -- decisions ---------------------------------------------------------------------
+    def _answer(self, req: LeanRegister, data: bytes, peer: Peer, key: tuple[str, str, int],
+                now: float) -> bool | None:
+        """True when answered (or being answered); None: hand over untouched."""
+        reg = self.registrar
+        if reg.pending >= reg.config.max_pending:
+            return None
+        if req.authorization is None:
+            reg._admit_locally(peer.host, now)  # _Reject: the general path refuses it
+            reg._prefetch(req.to_user, now)
+            self._challenge(req, peer, now, stale=False)
+            return True
+        creds = DigestCredentials.parse(req.authorization)
+        auth = reg.auth
+        if creds.realm != auth.realm or (creds.qop is None and not auth.allow_no_qop):
+            return None
+        check = auth.nonces.check(creds.nonce, now)
+        if check.status is NonceStatus.INVALID:
+            reg._admit_locally(peer.host, now)
+            self._challenge(req, peer, now, stale=False)
+            return True
+        username = creds.username[:128]
+        hit = reg._ha1_cache.get(username)
+        if hit is None or now - hit[1] >= 30.0:
+            pending = reg._prefetching.get(username)
+            if pending is None:
+                return None
+            # The answer to the 401 usually overtakes the prefetch: carry on when it lands.
+            self.replays.put(key, Replay.IN_PROGRESS, now)
+            reg.pending += 1
+            pending.add_done_callback(
+                lambda _: self._resume(req, data, peer, key, creds, check, now))
+            return True
+        return self._authorised(req, data, peer, key, creds, check, hit[0], now)
+
+    def _resume(self, req: LeanRegister, data: bytes, peer: Peer, key: tuple[str, str, int],
+                creds: DigestCredentials, check: NonceCheck, now: float) -> None:
+        reg = self.registrar
+        reg.pending -= 1
+        hit = reg._ha1_cache.get(creds.username[:128])
+        try:
+            done = hit is not None and self._authorised(req, data, peer, key, creds, check,
+                                                        hit[0], now)
+        except Exception as e:  # noqa: BLE001 - handed over, never lost
+            if not isinstance(e, (_Reject, SipParseError, DigestError)):
+                log.error("fast lane failed; handing the REGISTER over", exc_info=e)
+            done = False
+        if not done:
+            self.replays.put(key, Replay.GENERAL, now)
+            self._general(data, peer)
+
+    def _authorised(self, req: LeanRegister, data: bytes, peer: Peer,
+                    key: tuple[str, str, int], creds: DigestCredentials, check: NonceCheck,
+                    auth: AuthRecord | None, now: float) -> bool | None:
+        reg = self.registrar
+        if auth is None or creds.username != req.to_user:
+            return None  # unknown user or a mismatch: counted as a failure there
+        status = reg.auth.verify_with(creds, "REGISTER", auth.ha1, check)
+        if status is AuthStatus.FAILED:
+            return None
+        if status is AuthStatus.STALE:
+            reg._admit_locally(peer.host, now)
+            self._challenge(req, peer, now, stale=True)
+            return True
+        verdict = reg._evaluate(req.user_agent)
+        if not verdict.admitted or req.contact is None:
+            return None
+        contact = self._contact(req.contact)
+        if contact is None or contact.general:
+            return None
+        requested = contact.expires if contact.expires is not None else \
+            req.expires if req.expires is not None else reg.config.default_expires
+        if requested < reg.config.min_expires:
+            return None  # 0 (removal) or too brief (423): the general path
+        base = reg.update_base(creds, auth, req.call_id, req.cseq_number, peer.host,
+                               reg._verdict_fields(verdict, req.user_agent, now))
+        aor = base["aor"]
+        binding = Binding(
+            key=contact.key, aor=aor, contact=contact.contact, uri=contact.uri,
+            expires=now + reg.grant(requested), q=contact.q, call_id=req.call_id,
+            cseq=req.cseq_number, instance=contact.instance, transport=peer.transport,
+            host=peer.host, port=peer.port, flow=peer.flow, node_id=self.node_id,
+            user_agent=_ascii(req.user_agent, 200), device_id=auth.device_id,
+            registered=now)
+        ops = (BindingOp(contact.key, binding),)
+        update = RegisterUpdate(**base, ops=ops)
+        raw = reg.store.apply_now(update, now, reg.config.max_bindings_per_aor,
+                                  guard=reg.config.guard)
+        if raw is None:
+            return None
+        ctx = _Ctx(aor, auth.device_id, base["username"], self.node_id, ops, False,
+                   False, [], "")
+        self.replays.put(key, Replay.IN_PROGRESS, now)
+        reg.pending += 1
+        raw.add_done_callback(lambda r: self._applied(r, req, data, peer, key, update, ctx,
+                                                      now))
+        return True
+
+    def _applied(self, raw: asyncio.Future[Any], req: LeanRegister, data: bytes, peer: Peer,
+                 key: tuple[str, str, int], update: RegisterUpdate, ctx: _Ctx,
+                 now: float) -> None:
+        reg = self.registrar
+        exc = raw.exception() if not raw.cancelled() else asyncio.CancelledError()
+        if isinstance(exc, NoScriptError):
+            # a restarted server: the registrar loads the script and answers
+            task = asyncio.ensure_future(self._general_answer(data, peer, key, update, ctx,
+                                                               now))
+            task.add_done_callback(lambda _: None)
+            return
+        reg.pending -= 1
+        try:
+            if exc is not None:
+                raise exc
+            result = reg.store.apply_result(raw.result(), update, now)
+            if result.outcome != "ok":
+                self._respond_general(data, peer, key, now, lambda request: reg._conclude(
+                    request, peer, result, ctx, now))
+                return
+            if reg.listeners:
+                state, _, user = result.detail.partition("\t")
+                reg._notify(Registration(
+                    aor=ctx.aor, device_id=ctx.device_id, username=ctx.username,
+                    node_id=ctx.node_id, source=peer, bindings=tuple(result.bindings),
+                    paired_user=user if state == "paired" else ""))
+            lines = [f"Contact: {b.contact};expires={b.remaining(now)}\r\n"
+                     for b in result.bindings]
+            lines.append(f"Date: {reg.date(now)}\r\nSupported: outbound, path\r\n")
+            self._reply(req, peer, key, now, 200, "OK", "".join(lines))
+        except Exception as e:  # noqa: BLE001 - mapped to a status by the registrar
+            err = e
+            self._respond_general(data, peer, key, now,
+                                  lambda request: reg._error_response(request, err))
+
+    async def _general_answer(self, data: bytes, peer: Peer, key: tuple[str, str, int],
+                              update: RegisterUpdate, ctx: _Ctx, now: float) -> None:
+        reg = self.registrar
+        request = self._general_request(data, peer)
+        if request is None:
+            reg.pending -= 1
+            return
+        resp = await reg._apply_then_conclude(request, peer, update, ctx, now)
+        self._send_response(resp, peer, key, now, counted=True)
+
+    # -- responses -----------------------------------------------------------------------
+    def _challenge(self, req: LeanRegister, peer: Peer, now: float, *, stale: bool) -> None:
+        reg = self.registrar
+        lines = "".join(f"WWW-Authenticate: {ch}\r\n"
+                        for ch in reg.auth.challenges(now, stale=stale))
+        reg._count_status(401)
+        self._send(render_response(req, stamp_via(req, peer.host, peer.port), 401,
+                                   "Unauthorized", _tag(), lines + self._server_line), peer)
+
+    def _reply(self, req: LeanRegister, peer: Peer, key: tuple[str, str, int], now: float,
+               status: int, reason: str, headers: str) -> None:
+        self.registrar._count_status(status)
+        data = render_response(req, stamp_via(req, peer.host, peer.port), status, reason,
+                               _tag(), headers + self._server_line)
+        self.replays.put(key, data, now)
+        self._send(data, peer)
+
+    def _respond_general(self, data: bytes, peer: Peer, key: tuple[str, str, int],
+                         now: float, build: Callable[[SipRequest], SipResponse]) -> None:
+        """A rare outcome, answered by the registrar's general mapping on a parsed request."""
+        request = self._general_request(data, peer)
+        if request is None:
+            return
+        try:
+            resp = build(request)
+        except Exception as e:  # noqa: BLE001 - _Reject and friends, as the registrar maps them
+            resp = self.registrar._error_response(request, e)
+        self._send_response(resp, peer, key, now, counted=False)
+
+    def _send_response(self, resp: SipResponse, peer: Peer, key: tuple[str, str, int],
+                       now: float, *, counted: bool) -> None:
+        if not counted:
+            self.registrar._count(resp)
+        if self._server and "Server" not in resp.headers:
+            resp.headers.add("Server", self._server)
+        out = bytes(resp)
+        self.replays.put(key, out, now)
+        self._send(out, peer)
+
+    @staticmethod
+    def _general_request(data: bytes, peer: Peer) -> SipRequest | None:
+        """``data`` as the general path would hand it to the registrar (Via stamped)."""
+        try:
+            msg = parse_message(data)
+            if not isinstance(msg, SipRequest):
+                return None
+            via = msg.vias[0]
+            stamped = stamp_via_general(via, peer)
+            if stamped is not None:
+                msg.headers.remove_first_value("Via")
+                msg.headers.prepend("Via", str(stamped))
+                msg.invalidate()
+            return msg
+        except (ParseFailure, SipParseError, IndexError):
+            log.error("fast lane: a lean REGISTER the general parser refuses")
+            return None
+
+    def _contact(self, raw: str) -> _Contact | None:
+        cache = self._contacts
+        if raw in cache:
+            return cache[raw]
+        try:
+            c: _Contact | None = _Contact(NameAddr.parse(raw))
+        except (SipParseError, _Reject):
+            c = None
+        if len(cache) >= _CONTACT_CACHE_MAX:
+            cache.clear()
+        cache[raw] = c
+        return c
+
+
+__all__ = ["FastLane"]
