@@ -24,6 +24,7 @@ by the ``_CAS`` Lua script), ``bk:call:{cid}:offered`` / ``:dropped`` sets
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import secrets
@@ -31,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from gateway.backend.directory import Directory, User
 from gateway.backend.schema import (
@@ -46,6 +49,7 @@ from gateway.backend.schema import (
     Target,
 )
 from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer
+from gateway.state.pipe import RespPipe
 
 log = logging.getLogger("sipgw.backend")
 
@@ -127,6 +131,19 @@ def _s(v: Any) -> str:
     return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
+def _hash(reply: Any) -> dict[Any, Any]:
+    """An HGETALL reply as a dict: redis-py gives one, the pipe the flat RESP list."""
+    if isinstance(reply, dict):
+        return reply
+    it = iter(reply or ())
+    return dict(zip(it, it, strict=True))
+
+
+def _xadd(key: str, event: Event) -> tuple[Any, ...]:
+    return ("XADD", key, "MAXLEN", "~", EVENTS_MAXLEN, "*", "e",
+            json.dumps(event.to_json(), separators=(",", ":")))
+
+
 def simulated_answer(offer: str) -> str:
     """An RFC 3264 answer accepting the first audio codec of ``offer`` (for simulated parties)."""
     pt, rtpmap = "0", "a=rtpmap:0 PCMU/8000"
@@ -170,6 +187,11 @@ class CallEngine:
         self.config = config or EngineConfig()
         self._p = self.config.prefix
         self._cas = redis.register_script(_CAS)
+        self._cas_sha = hashlib.sha1(_CAS.encode()).hexdigest()
+        # The commands of every call go over one pipelined connection where the store is
+        # plain Redis/Valkey (redis-py's pool checkout and per-command layers cost more
+        # than the commands); Sentinel/TLS stores keep redis-py.
+        self._pipe = RespPipe.for_client(redis)
         self._timers: dict[tuple[str, str], Any] = {}  # IDelayedCall
         self.events_key = f"{self._p}events"
 
@@ -217,16 +239,58 @@ class CallEngine:
         for key in list(self._timers):
             self._cancel_timer(*key)
 
+    async def close(self) -> None:
+        """Stop the timers and close the pipelined connection (idempotent)."""
+        self.stop()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None:
+            await pipe.close()
+
+    # --- store -----------------------------------------------------------------------
+    async def _commands(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
+        """Run ``cmds`` in one round trip, in order (no MULTI); their raw replies.
+        An error reply raises once every reply is in."""
+        pipe = self._pipe
+        if pipe is None:
+            rp = self.redis.pipeline(transaction=False)
+            for c in cmds:
+                rp.execute_command(*c)
+            return list(await rp.execute())
+        futs: list[Any] = []
+        for c in cmds:
+            fut = pipe.send_now(*c)
+            if fut is None:  # not connected yet: the first command connects
+                fut = asyncio.ensure_future(pipe.execute(*c))
+                if not futs:
+                    await asyncio.wait([fut])
+            futs.append(fut)
+        replies = await asyncio.gather(*futs, return_exceptions=True)
+        for r in replies:
+            if isinstance(r, BaseException):
+                raise r
+        return replies
+
+    async def _command(self, *args: Any) -> Any:
+        pipe = self._pipe
+        if pipe is None:
+            return await self.redis.execute_command(*args)
+        return await pipe.execute(*args)
+
+    async def _run_cas(self, keys: list[str], args: list[str]) -> Any:
+        if self._pipe is None:
+            return await self._cas(keys=keys, args=args)
+        try:
+            return await self._pipe.execute("EVALSHA", self._cas_sha, len(keys), *keys, *args)
+        except NoScriptError:  # a restarted server: load it once, the slow way
+            await self._pipe.execute("SCRIPT", "LOAD", _CAS)
+            return await self._pipe.execute("EVALSHA", self._cas_sha, len(keys), *keys,
+                                            *args)
+
     # --- events ----------------------------------------------------------------------
     async def publish(self, events: Iterable[Event]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        n = 0
-        for ev in events:
-            pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json(), separators=(",", ":"))},
-                      maxlen=EVENTS_MAXLEN, approximate=True)
-            n += 1
-        if n:
-            await pipe.execute()
+        cmds = [_xadd(self.events_key, ev) for ev in events]
+        if cmds:
+            await self._commands(cmds)
 
     # --- directory -------------------------------------------------------------------
     def user(self, oid: str) -> User:
@@ -272,10 +336,11 @@ class CallEngine:
         return ep
 
     async def get_endpoint(self, eid: str) -> Endpoint | None:
-        return self._endpoint_record(eid, await self.redis.hgetall(self._ep_key(eid)))
+        return self._endpoint_record(eid, await self._command("HGETALL", self._ep_key(eid)))
 
     @staticmethod
-    def _endpoint_record(eid: str, h: dict[Any, Any]) -> Endpoint | None:
+    def _endpoint_record(eid: str, reply: Any) -> Endpoint | None:
+        h = _hash(reply)
         if not h:
             return None
         d = {_s(k): _s(v) for k, v in h.items()}
@@ -297,14 +362,12 @@ class CallEngine:
         """The user's online endpoints; ``members``: the user's endpoint set when the
         caller read it already (create_call does, in the round trip of its own checks)."""
         if members is None:
-            members = await self.redis.smembers(self._user_eps_key(oid))
+            members = await self._command("SMEMBERS", self._user_eps_key(oid))
         eids = sorted(_s(e) for e in members)
         out: list[Endpoint] = []
         stale: list[str] = []
-        pipe = self.redis.pipeline(transaction=False)
-        for eid in eids:
-            pipe.hgetall(self._ep_key(eid))
-        records = await pipe.execute() if eids else []
+        records = await self._commands([("HGETALL", self._ep_key(eid)) for eid in eids]) \
+            if eids else []
         for eid, h in zip(eids, records, strict=True):
             ep = self._endpoint_record(eid, h)
             if ep is None or ep.user != oid:
@@ -312,7 +375,7 @@ class CallEngine:
             else:
                 out.append(ep)
         if stale:
-            await self.redis.srem(self._user_eps_key(oid), *stale)
+            await self._command("SREM", self._user_eps_key(oid), *stale)
         return out
 
     async def remove_endpoint(self, oid: str, eid: str) -> None:
@@ -341,14 +404,14 @@ class CallEngine:
 
     # --- calls -----------------------------------------------------------------------
     async def get_call(self, cid: str) -> Call:
-        h = await self.redis.hgetall(self._call_key(cid))
+        h = await self._command("HGETALL", self._call_key(cid))
         if not h:
             raise ApiFailure(404, "call_not_found", f"no call {cid}")
         return self._call_record(cid, h)
 
     @staticmethod
-    def _call_record(cid: str, h: dict[Any, Any]) -> Call:
-        d = {_s(k): _s(v) for k, v in h.items()}
+    def _call_record(cid: str, reply: Any) -> Call:
+        d = {_s(k): _s(v) for k, v in _hash(reply).items()}
         target = Target(kind=d["target_kind"], value=d["target_value"]) \
             if d.get("target_kind") else None
         return Call(call_id=cid, state=d.get("state", "ended"),
@@ -378,13 +441,12 @@ class CallEngine:
         keys = [self._call_key(cid), self.events_key]
         if ended:
             keys += [self._offered_key(cid), self._dropped_key(cid)]
-        res = await self._cas(keys=keys, args=args)
+        res = await self._run_cas(keys, args)
         if _s(res[0]) != "OK":
             return None, None
         if ended:
             self._cancel_timers(cid)
-        flat = res[2]
-        return _s(res[1]), self._call_record(cid, dict(zip(flat[::2], flat[1::2], strict=True)))
+        return _s(res[1]), self._call_record(cid, res[2])
 
     async def create_call(self, body: CallCreate) -> Call:
         """``POST /v1/calls`` from a SIP device endpoint."""
@@ -396,11 +458,10 @@ class CallEngine:
             caller = self.user(body.from_user)
             callee_ref = None if emergency else self.resolve_user(body.target.value)
             # the caller's endpoint and the callee's endpoint list in one round trip
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.hgetall(self._ep_key(body.from_endpoint))
+            cmds: list[tuple[Any, ...]] = [("HGETALL", self._ep_key(body.from_endpoint))]
             if callee_ref is not None:
-                pipe.smembers(self._user_eps_key(callee_ref.oid))
-            got = await pipe.execute()
+                cmds.append(("SMEMBERS", self._user_eps_key(callee_ref.oid)))
+            got = await self._commands(cmds)
             ep = self._endpoint_record(body.from_endpoint, got[0])
             if callee_ref is not None:
                 callee_members = (callee_ref.oid, got[1])
@@ -488,20 +549,18 @@ class CallEngine:
         """Write a new call record and publish ``events`` after it, in one round trip. No
         MULTI: nobody knows the call id before its events, which come after the record."""
         cid = cid or secrets.token_hex(12)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(self._call_key(cid), mapping={
-            "state": "offered", "from_user": from_user, "from_endpoint": from_endpoint,
-            "target_kind": target.kind, "target_value": target.value,
-            "callee_user": callee_user, "sdp_offer": sdp_offer, "location": location,
-            "created": repr(time.time())})
-        pipe.expire(self._call_key(cid), ACTIVE_TTL)
+        key = self._call_key(cid)
+        cmds: list[tuple[Any, ...]] = [
+            ("HSET", key, "state", "offered", "from_user", from_user,
+             "from_endpoint", from_endpoint, "target_kind", target.kind,
+             "target_value", target.value, "callee_user", callee_user, "sdp_offer", sdp_offer,
+             "location", location, "created", repr(time.time())),
+            ("EXPIRE", key, ACTIVE_TTL)]
         if offered:
-            pipe.sadd(self._offered_key(cid), *offered)
-            pipe.expire(self._offered_key(cid), ACTIVE_TTL)
-        for ev in events:
-            pipe.xadd(self.events_key, {"e": json.dumps(ev.to_json(), separators=(",", ":"))},
-                      maxlen=EVENTS_MAXLEN, approximate=True)
-        await pipe.execute()
+            cmds += [("SADD", self._offered_key(cid), *offered),
+                     ("EXPIRE", self._offered_key(cid), ACTIVE_TTL)]
+        cmds += [_xadd(self.events_key, ev) for ev in events]
+        await self._commands(cmds)
         return cid
 
     def _caller_display(self, from_user: str) -> str:
@@ -588,10 +647,8 @@ class CallEngine:
 
     async def _cancel_branches(self, cid: str, callee: str, reason: str,
                                exclude: str) -> list[Event]:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.smembers(self._offered_key(cid))
-        pipe.smembers(self._dropped_key(cid))
-        offered_raw, dropped_raw = await pipe.execute()
+        offered_raw, dropped_raw = await self._commands([
+            ("SMEMBERS", self._offered_key(cid)), ("SMEMBERS", self._dropped_key(cid))])
         offered = {_s(e) for e in offered_raw}
         dropped = {_s(e) for e in dropped_raw}
         return [Event(type="call.cancelled", call_id=cid, user=callee, endpoint_id=eid,
@@ -606,11 +663,9 @@ class CallEngine:
                             ) -> tuple[Call, bool, list[str]]:
         """The call offered to ``eid``, whether ``eid`` already dropped out and (with
         ``branches``) the branches still ringing, sorted: one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(self._call_key(cid))
-        pipe.smembers(self._offered_key(cid))
-        pipe.smembers(self._dropped_key(cid))
-        h, offered_raw, dropped_raw = await pipe.execute()
+        h, offered_raw, dropped_raw = await self._commands([
+            ("HGETALL", self._call_key(cid)), ("SMEMBERS", self._offered_key(cid)),
+            ("SMEMBERS", self._dropped_key(cid))])
         if not h:
             raise ApiFailure(404, "call_not_found", f"no call {cid}")
         offered = {_s(e) for e in offered_raw}

@@ -58,6 +58,7 @@ from gateway.backend.schema import (
     validate_guid,
     validate_id,
 )
+from gateway.state.pipe import RespPipe
 
 log = logging.getLogger("sipgw.backend")
 
@@ -399,6 +400,10 @@ class EventStreamProtocol(WebSocketServerProtocol):
     async def _pump(self) -> None:
         redis = self.factory.engine.redis
         key = self.factory.engine.events_key
+        # A blocking XREAD holds its connection: each subscriber reads on its own, over a
+        # pipelined connection where the store allows (redis-py's layers cost more than
+        # the read), with a deadline above the block time.
+        pipe = RespPipe.for_client(redis, timeout=_XREAD_BLOCK_MS / 1000 + 4)
         try:
             last = self._since
             if not last:
@@ -407,16 +412,20 @@ class EventStreamProtocol(WebSocketServerProtocol):
             self.sendMessage(json.dumps({"v": 1, "type": "stream.ready", "id": last}).encode())
             while True:
                 try:
-                    # Well under redis-py's default 5 s socket timeout.
-                    res = await redis.xread({key: last}, block=1000, count=200)
-                except (RedisTimeoutError, RedisConnectionError) as exc:
+                    if pipe is None:
+                        # Well under redis-py's default 5 s socket timeout.
+                        res = await redis.xread({key: last}, block=_XREAD_BLOCK_MS, count=200)
+                    else:
+                        res = await pipe.execute("XREAD", "COUNT", 200, "BLOCK",
+                                                 _XREAD_BLOCK_MS, "STREAMS", key, last)
+                except (RedisTimeoutError, RedisConnectionError, TimeoutError) as exc:
                     log.warning("event stream: Redis read failed, retrying: %s", exc)
                     await asyncio.sleep(0.5)
                     continue
                 for _stream, entries in res or []:
                     for eid, fields in entries:
                         last = _s(eid)
-                        raw = fields.get(b"e", fields.get("e"))
+                        raw = _field(fields, b"e")
                         if not self._users:
                             self.sendMessage(_with_id(raw, last))
                             continue
@@ -432,6 +441,24 @@ class EventStreamProtocol(WebSocketServerProtocol):
                 return  # redis-py turns the cancellation at close into its own errors
             log.exception("event stream to a subscriber failed")
             self.sendClose(4500, "event stream failed")
+        finally:
+            if pipe is not None:
+                await pipe.close()
+
+
+_XREAD_BLOCK_MS = 1000
+
+
+def _field(fields: Any, name: bytes) -> Any:
+    """A stream entry's field: redis-py gives a dict, the pipe the flat RESP list."""
+    if not fields:
+        return None
+    if isinstance(fields, dict):
+        return fields.get(name, fields.get(name.decode()))
+    for i in range(0, len(fields) - 1, 2):
+        if fields[i] == name:
+            return fields[i + 1]
+    return None
 
 
 def _with_id(raw: bytes | str, event_id: str) -> bytes:
@@ -521,7 +548,7 @@ async def start_reference_backend(
         if stopped[0]:
             return
         stopped[0] = True
-        engine.stop()
+        await engine.close()
         for client in list(ws_factory.clients):
             client.sendClose(1000, "backend stopping")
             if client.transport is not None:
