@@ -310,7 +310,8 @@ class Gateway:
             assert self.stack is not None
             self.fast_lane = FastLane(registrar, node_id, self.driver.send_datagram,
                                       self.driver.receive_general,
-                                      server=self.stack.config.server_header)
+                                      server=self.stack.config.server_header,
+                                      registry=self.registry)
             self.driver.udp_fast = self.fast_lane.take
         self._every(r.sweep_interval, registrar.sweep_expired, "binding sweep")
         self._every(r.offboard_interval, registrar.offboard_stale, "stale-device sweep")

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
 from redis.exceptions import NoScriptError
 
 from gateway.registrar.auth import AuthStatus
@@ -96,6 +98,7 @@ class FastLane:
     def __init__(self, registrar: Registrar, node_id: str,
                  send: Callable[[bytes, Peer], None],
                  general: Callable[[bytes, Peer], None], *, server: str | None = None,
+                 registry: CollectorRegistry | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.registrar = registrar
         self.node_id = node_id
@@ -107,7 +110,13 @@ class FastLane:
         self.replays = ReplayCache()
         self._contacts: dict[str, _Contact | None] = {}
         self._next_sweep = 0.0
-        self.taken = 0  # datagrams answered here (for tests and the ops page)
+        # plain counts (a Prometheus child's lock per REGISTER is measurable here),
+        # exported as sipgw_register_fast_lane_total{outcome}
+        self.taken = 0  # REGISTERs answered (or being answered) here
+        self.handed_over = 0  # REGISTERs of the plain shape the general path answered
+        self.replayed = 0  # retransmissions answered from the replay cache
+        if registry is not None:
+            registry.register(_Collector(self))
 
     # -- the entry point -------------------------------------------------------------
     def take(self, data: bytes, peer: Peer) -> bool:
@@ -121,6 +130,7 @@ class FastLane:
             if seen is Replay.GENERAL:
                 return False  # its transaction lives in the general path
             if seen is not Replay.IN_PROGRESS:
+                self.replayed += 1
                 self._send(seen, peer)  # type: ignore[arg-type]
             return True
         now = self.clock()
@@ -135,6 +145,7 @@ class FastLane:
             out = None
         if out is None:
             replays.put(key, Replay.GENERAL, now)
+            self.handed_over += 1
             return False
         self.taken += 1
         return True
@@ -187,6 +198,8 @@ class FastLane:
                 log.error("fast lane failed; handing the REGISTER over", exc_info=e)
             done = False
         if not done:
+            self.taken -= 1
+            self.handed_over += 1
             self.replays.put(key, Replay.GENERAL, now)
             self._general(data, peer)
 
@@ -351,6 +364,22 @@ class FastLane:
             cache.clear()
         cache[raw] = c
         return c
+
+
+class _Collector:
+    """``sipgw_register_fast_lane_total{outcome}`` read off the lane's counts at scrape."""
+
+    def __init__(self, lane: FastLane) -> None:
+        self._lane = lane
+
+    def collect(self) -> Any:
+        c = CounterMetricFamily("sipgw_register_fast_lane",
+                                "UDP REGISTERs of the plain shape, by who answered them",
+                                labels=["outcome"])
+        c.add_metric(["answered"], self._lane.taken)
+        c.add_metric(["handed_over"], self._lane.handed_over)
+        c.add_metric(["retransmission"], self._lane.replayed)
+        yield c
 
 
 __all__ = ["FastLane"]

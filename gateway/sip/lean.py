@@ -1,13 +1,13 @@
 """A lean reading of the everyday UDP REGISTER, and its responses as bytes (RFC 3261 §10.2).
 
 Nearly every REGISTER a fleet sends is the same shape: one Via, one Contact, an
-optional Authorization, no body. ``read_register`` reads exactly that shape
-straight off the datagram, many times cheaper than the general parser, and
-returns None for anything else: a message it does not fully understand goes the
-general way (``parse_message`` and the transaction layer), which also answers
-every malformed one. It never guesses, so for every datagram it accepts the
-general parser reads the same values (tests/unit/sip/test_lean.py holds it to
-that).
+optional Authorization, no body. ``read_register`` picks that shape's values
+out of the parser's header fields as strings, without building the header
+objects (Via, name-addr, URI) the general path uses, and returns None for
+anything else: that goes the general way (the transaction layer and the full
+header model), which also answers every malformed message. For every datagram
+it accepts the general path reads the same values (tests/unit/sip/test_lean.py
+holds it to that).
 
 ``stamp_via`` is ``routing.stamp_via`` on text (§18.2.1, RFC 3581 §4) and
 ``render_response`` is ``build_response`` + serialisation for such a request
@@ -21,20 +21,19 @@ import enum
 import re
 from dataclasses import dataclass
 
-# Header names (lower case, long and compact forms) whose value the registrar reads.
-_VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTACT, _EXPIRES, _AUTH, _UA, _MAXF, _CLEN = range(11)
-_SLOTS = {
-    "via": _VIA, "v": _VIA, "from": _FROM, "f": _FROM, "to": _TO, "t": _TO,
-    "call-id": _CALL_ID, "i": _CALL_ID, "cseq": _CSEQ, "contact": _CONTACT, "m": _CONTACT,
-    "expires": _EXPIRES, "authorization": _AUTH, "user-agent": _UA,
-    "max-forwards": _MAXF, "content-length": _CLEN, "l": _CLEN,
-}
+from gateway.sip.headers import canonical_name
+from gateway.sip.message import ParseFailure, SipRequest, parse_message
+
+# Header names whose value the registrar reads, by the parser's canonical names.
+_VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTACT, _EXPIRES, _AUTH, _UA = range(9)
+_SLOTS = {"Via": _VIA, "From": _FROM, "To": _TO, "Call-ID": _CALL_ID, "CSeq": _CSEQ,
+          "Contact": _CONTACT, "Expires": _EXPIRES, "Authorization": _AUTH,
+          "User-Agent": _UA}
 # Headers that change what the request means (routing, extensions, outbound proxies,
 # bodies): their presence sends the request the general way.
-_GENERAL = frozenset({
-    "route", "require", "proxy-require", "path", "content-encoding", "e", "timestamp",
-    "proxy-authorization", "security-client", "security-verify",
-})
+_GENERAL = frozenset(canonical_name(n) for n in (
+    "route", "require", "proxy-require", "path", "content-type", "content-encoding",
+    "timestamp", "proxy-authorization", "security-client", "security-verify"))
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+").fullmatch
 # Characters a To user part may hold for the lean path: no escapes ('%' needs decoding),
 # no ';' user parameters, no ':' password.
@@ -62,53 +61,46 @@ class LeanRegister:
 
 
 def read_register(data: bytes) -> LeanRegister | None:
-    """``data`` as a LeanRegister, or None when it is not the plain shape."""
+    """``data`` as a LeanRegister, or None when it is not the plain shape.
+
+    The general parser reads the datagram first (its line cache makes that cheap for
+    a phone's repeated lines), so everything it refuses is refused here too; this
+    reader then only picks values out and decides whether the shape is plain.
+    """
     if not data.startswith(b"REGISTER sip:"):
         return None
-    end = data.find(b"\r\n\r\n")
-    if end < 0 or end + 4 != len(data):
-        return None  # a body, trailing bytes or a bare-LF message: the general parser
     try:
-        text = data[:end].decode("utf-8")
-    except UnicodeDecodeError:
+        msg = parse_message(data)
+    except ParseFailure:
         return None
-    lines = text.split("\r\n")
-    start = lines[0].split(" ")
-    if len(start) != 3 or start[2] != "SIP/2.0" or not start[1]:
+    if msg.body or not isinstance(msg, SipRequest):
         return None
-    vals: list[str | None] = [None] * 11
+    vals: list[str | None] = [None] * 9
     slots = _SLOTS
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep or not name or line[0] in " \t":
-            return None  # folding or a line without a colon
-        key = name.rstrip(" \t").lower()
-        slot = slots.get(key)
+    for name, value in msg.headers._items:
+        slot = slots.get(name)
         if slot is None:
-            if key in _GENERAL or not _TOKEN(key):
+            if name in _GENERAL:
                 return None
             continue
         if vals[slot] is not None:
             return None  # repeated: several Vias, Contacts or credentials
-        vals[slot] = value.strip(" \t")
-    via, from_, to, call_id, cseq, contact, expires, auth, ua, maxf, clen = vals
+        vals[slot] = value
+    via, from_, to, call_id, cseq, contact, expires, auth, ua = vals
     if via is None or from_ is None or to is None or call_id is None or cseq is None:
         return None
-    if clen is not None and clen != "0":
-        return None
-    if maxf is not None and (not maxf.isdigit() or maxf.lstrip("0") == "" or len(maxf) > 9):
-        return None  # 0 (483) or garbage: the general checks answer it
-    number, sep, method = cseq.partition(" ")
-    if method != "REGISTER" or not number.isdigit() or len(number) > 9:
-        return None
-    if not call_id or " " in call_id or "\t" in call_id:
+    maxf = msg.headers.get("Max-Forwards")
+    if maxf is not None and maxf.strip("0") == "":
+        return None  # 0: the general checks answer 483
+    number, _, method = cseq.partition(" ")
+    if method != "REGISTER" or not number.isdigit():
         return None
     expires_n: int | None = None
     if expires is not None:
         if not expires.isdigit() or len(expires) > 9:
             return None
         expires_n = int(expires)
-    if contact is not None and ("," in contact or not contact or contact == "*"):
+    if contact is not None and ("," in contact or contact == "*"):
         return None
     via_parts = _read_via(via)
     if via_parts is None:

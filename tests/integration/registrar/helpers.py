@@ -157,6 +157,12 @@ class UdpPhone:
         resp = self._exchange(self._request(expires, None, contact))
         if resp.status != 401:
             return resp
+        return self._exchange(self.answer(resp, expires, contact), answer_to)
+
+    def answer(self, challenge: SipResponse, expires: int = 3600,
+               contact: str | None = None) -> bytes:
+        """The REGISTER answering ``challenge`` (a 401), as bytes to send."""
+        resp = challenge
         ch = next(c for c in (DigestChallenge.parse(v)
                               for v in resp.headers.get_raw("WWW-Authenticate"))
                   if c.algorithm == self.algorithm)
@@ -168,7 +174,7 @@ class UdpPhone:
         auth = (f'Digest username="{self.user}", realm="{ch.realm}", nonce="{ch.nonce}", '
                 f'uri="{uri}", response="{digest}", algorithm={self.algorithm}, qop=auth, '
                 f'nc=00000001, cnonce="{cnonce}"')
-        return self._exchange(self._request(expires, auth, contact), answer_to)
+        return self._request(expires, auth, contact)
 
     def close(self) -> None:
         self.sock.close()

@@ -43,7 +43,6 @@ from ..gateway_process import GatewayProcess
 from .helpers import HERE, UdpPhone, overrides, provision, write_csv
 
 
-
 def _probe(host: str, port: int, user: str, pw: str, stop: threading.Event,
            out: list[float]) -> None:
     phone = UdpPhone(host, port, user, pw)
