@@ -176,6 +176,23 @@ def simulated_offer() -> str:
             "a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=sendrecv\r\n")
 
 
+@dataclass(frozen=True, slots=True)
+class _KnownCall:
+    """What never changes in a call record this process created: the parties and the
+    branches it was offered to; ``answered_endpoint`` once this process saw the answer.
+    Lets ringing, answer and hangup go straight to the compare-and-set (one round trip);
+    whatever the script refuses takes the full path, which reads the record."""
+
+    from_user: str
+    from_endpoint: str
+    callee_user: str
+    offered: frozenset[str]
+    answered_endpoint: str = ""
+
+
+KNOWN_CALLS_MAX = 100_000
+
+
 class CallEngine:
     """The backend's call control over Redis (RFC 3261 §16.7 forking semantics)."""
 
@@ -193,6 +210,7 @@ class CallEngine:
         # than the commands); Sentinel/TLS stores keep redis-py.
         self._pipe = RespPipe.for_client(redis)
         self._timers: dict[tuple[str, str], Any] = {}  # IDelayedCall
+        self._known: dict[str, _KnownCall] = {}
         self.events_key = f"{self._p}events"
 
     # --- keys ------------------------------------------------------------------------
@@ -446,7 +464,14 @@ class CallEngine:
             return None, None
         if ended:
             self._cancel_timers(cid)
+            self._known.pop(cid, None)
         return _s(res[1]), self._call_record(cid, res[2])
+
+    def _remember(self, cid: str, known: _KnownCall) -> None:
+        if cid not in self._known and len(self._known) >= KNOWN_CALLS_MAX:
+            # calls that never ended here (another process ended them): forget the oldest
+            del self._known[next(iter(self._known))]
+        self._known[cid] = known
 
     async def create_call(self, body: CallCreate) -> Call:
         """``POST /v1/calls`` from a SIP device endpoint."""
@@ -582,6 +607,9 @@ class CallEngine:
                         callee=callee.number or callee.upn) for e in available]
         await self._new_call(from_user, from_endpoint, target, callee.oid, sdp_offer, "",
                              [e.endpoint_id for e in available], cid=cid, events=offers)
+        if available:
+            self._remember(cid, _KnownCall(from_user, from_endpoint, callee.oid,
+                                           frozenset(e.endpoint_id for e in available)))
         if not available:
             reason = "dnd" if eps else "unavailable"
             _, ended = await self._move(cid, ("offered",), "ended", end_reason=reason)
@@ -676,6 +704,13 @@ class CallEngine:
         return self._call_record(cid, h), eid in dropped, ringing
 
     async def ringing(self, cid: str, eid: str) -> Call:
+        known = self._known.get(cid)
+        if known is not None and eid in known.offered:
+            old, after = await self._move(cid, ("offered",), "ringing", events=[
+                Event(type="call.ringing", call_id=cid, user=known.from_user,
+                      endpoint_id=known.from_endpoint)])
+            if old is not None and after is not None:
+                return after
         call = await self._offered_endpoint(cid, eid)
         old, after = await self._move(cid, ("offered",), "ringing", events=[
             Event(type="call.ringing", call_id=cid, user=call.from_user,
@@ -687,26 +722,49 @@ class CallEngine:
         return await self.get_call(cid)
 
     async def answer(self, cid: str, body: Answer) -> Call:
+        known = self._known.get(cid)
+        if known is not None and known.offered == {body.endpoint_id}:
+            # the only branch: no other branch to cancel, and had it rejected the call
+            # the call would have ended, so the state check covers "already rejected"
+            after = await self._answer_move(cid, body, known.from_user, known.from_endpoint,
+                                            [])
+            if after is not None:
+                return after
         call, dropped, branches = await self._offered_call(cid, body.endpoint_id,
                                                            branches=True)
         if dropped:
             raise ApiFailure(409, "call_not_ringing", "this endpoint already rejected the call")
-        events = [Event(type="call.answered", call_id=cid, user=call.from_user,
-                        endpoint_id=call.from_endpoint, sdp=body.sdp_answer)]
         # a forked call: the other branches stop ringing
-        events += [Event(type="call.cancelled", call_id=cid, user=call.callee_user,
-                         endpoint_id=eid, reason="answered_elsewhere")
-                   for eid in branches if eid != body.endpoint_id]
+        cancelled = [Event(type="call.cancelled", call_id=cid, user=call.callee_user,
+                           endpoint_id=eid, reason="answered_elsewhere")
+                     for eid in branches if eid != body.endpoint_id]
+        after = await self._answer_move(cid, body, call.from_user, call.from_endpoint,
+                                        cancelled)
+        if after is None:
+            fresh = await self.get_call(cid)
+            code = "answered_elsewhere" if fresh.state == "connected" else "call_not_ringing"
+            raise ApiFailure(409, code, f"call {cid} is {fresh.state}")
+        return after
+
+    async def _answer_move(self, cid: str, body: Answer, from_user: str, from_endpoint: str,
+                           cancelled: list[Event]) -> Call | None:
+        """The answer's compare-and-set; the call after it, or None when it was refused."""
+        events = [Event(type="call.answered", call_id=cid, user=from_user,
+                        endpoint_id=from_endpoint, sdp=body.sdp_answer), *cancelled]
         old, after = await self._move(cid, ("offered", "ringing"), "connected", events=events,
                                       answered_endpoint=body.endpoint_id,
                                       sdp_answer=body.sdp_answer,
                                       answered_at=repr(time.time()))
         if old is None:
-            fresh = await self.get_call(cid)
-            code = "answered_elsewhere" if fresh.state == "connected" else "call_not_ringing"
-            raise ApiFailure(409, code, f"call {cid} is {fresh.state}")
+            return None
         self._cancel_timer(cid, "no_answer")
-        return after or await self.get_call(cid)
+        after = after or await self.get_call(cid)
+        known = self._known.get(cid)
+        if known is not None:
+            self._known[cid] = _KnownCall(known.from_user, known.from_endpoint,
+                                          known.callee_user, known.offered,
+                                          after.answered_endpoint)
+        return after
 
     async def reoffer(self, cid: str, body: Reoffer) -> str:
         """``POST /v1/calls/{id}/reoffer``: a party re-offers (hold, resume, refresh).
@@ -772,6 +830,18 @@ class CallEngine:
         return after or await self.get_call(cid)
 
     async def hangup(self, cid: str, eid: str) -> Call:
+        known = self._known.get(cid)
+        if known is not None and known.answered_endpoint and \
+                eid in (known.from_endpoint, known.answered_endpoint):
+            parties = Call(call_id=cid, state="connected", from_user=known.from_user,
+                           from_endpoint=known.from_endpoint, callee_user=known.callee_user,
+                           answered_endpoint=known.answered_endpoint)
+            old, after = await self._move(
+                cid, ("connected",), "ended",
+                events=self._other_party_events(parties, eid, "call.ended", reason="hangup"),
+                end_reason="hangup", ended_by=eid)
+            if old is not None and after is not None:
+                return after
         call = await self.get_call(cid)
         if call.state in ("offered", "ringing") and eid == call.from_endpoint:
             return await self.cancel(cid, eid)

@@ -277,6 +277,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/sim/calls", Api.sim_call),
     Route("POST", "/v1/sim/calls/{call_id}/hangup", Api.sim_far_hangup),
 )
+# The router tries only the routes with as many path segments as the request has.
+_ROUTES_BY_LENGTH: dict[int, tuple[Route, ...]] = {
+    n: tuple(r for r in ROUTES if len(r.parts) == n) for n in {len(r.parts) for r in ROUTES}}
 # Served outside the REST router (a WebSocket upgrade); listed for the OpenAPI parity test.
 WEBSOCKET_PATHS = ("/v1/events",)
 
@@ -347,8 +350,8 @@ class RestResource(Resource):
             if not check_token(request.getHeader(b"authorization"), self.token):
                 return 401, {"error": "unauthorized", "message": "bearer token missing or wrong"}
             parts = path.strip("/").split("/")
-            matched = [(r, r.match(parts)) for r in ROUTES]
-            candidates = [(r, p) for r, p in matched if p is not None]
+            candidates = [(r, p) for r in _ROUTES_BY_LENGTH.get(len(parts), ())
+                          if (p := r.match(parts)) is not None]
             if not candidates:
                 return 404, {"error": "not_found", "message": f"no such resource {path[:80]}"}
             for route, params in candidates:

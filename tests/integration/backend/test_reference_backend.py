@@ -491,3 +491,47 @@ async def test_event_stream_reconnects_and_resumes(redis_url: str) -> None:
         if stop2 is not None:
             await stop2()
         await redis.aclose()
+
+
+@run
+async def test_phone_to_phone_call_answers_and_refusals_across_two_backends(
+        redis_url: str) -> None:
+    """Phone to phone, one branch: ringing, answer and hangup give the same answers and
+    events whether the backend process that created the call serves them or another one
+    sharing the store (state lives in Redis, not in the process)."""
+    async with backend(redis_url) as env, backend(redis_url) as other:
+        await phone(env, ALICE.oid, "alice-desk2")
+        await phone(env, BOB.oid, "bob-desk2")
+        for served_by in (env, other):
+            call = await env.client.create_call(CallCreate(
+                from_user=ALICE.oid, from_endpoint="alice-desk2",
+                target=Target(kind="user", value=BOB.upn), sdp_offer=OFFER))
+            cid = call.call_id
+            await env.expect(ev_is("call.incoming", "bob-desk2", cid))
+            c = served_by.client
+            rang = await c.ringing(cid, "bob-desk2")
+            assert rang.state == "ringing"
+            await env.expect(ev_is("call.ringing", "alice-desk2", cid))
+            again = await c.ringing(cid, "bob-desk2")
+            assert again.state == "ringing"
+            with pytest.raises(BackendError) as stranger:
+                await c.ringing(cid, "alice-desk2")
+            assert stranger.value.status == 403 and stranger.value.code == "not_offered"
+            answered = await c.answer(cid, "bob-desk2", OFFER)
+            assert answered.state == "connected" and answered.answered_endpoint == "bob-desk2"
+            ans = await env.expect(ev_is("call.answered", "alice-desk2", cid))
+            assert ans.sdp == OFFER
+            with pytest.raises(BackendError) as late:
+                await c.answer(cid, "bob-desk2", OFFER)
+            assert late.value.status == 409 and late.value.code == "answered_elsewhere"
+            with pytest.raises(BackendError) as outsider:
+                await c.hangup(cid, "carol-desk")
+            assert outsider.value.status == 403 and outsider.value.code == "not_a_party"
+            done = await c.hangup(cid, "bob-desk2")
+            assert done.state == "ended" and done.end_reason == "hangup"
+            ended = await env.expect(ev_is("call.ended", "alice-desk2", cid))
+            assert ended.reason == "hangup"
+            with pytest.raises(BackendError) as twice:
+                await c.hangup(cid, "alice-desk2")
+            assert twice.value.status == 409 and twice.value.code == "call_not_connected"
+            assert not [e for e in env.backlog if e.call_id == cid]
