@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
 from gateway.sip.digest import compute_ha1
 from gateway.state import keys
@@ -181,7 +180,6 @@ class DeviceStore:
         self.redis: Any = redis
         self.realm = realm
         self.clock = clock
-        self._by_username = redis.register_script(_BY_USERNAME_LUA)
         self._pipe_for: Any = None
         self._pipe_obj: RespPipe | None = None
 
@@ -238,24 +236,33 @@ class DeviceStore:
         return device_from_hash(h, auth)
 
     async def get_by_username(self, username: str) -> Device | None:
-        """The device whose SIP username this is: credentials and account in one round
-        trip (a script follows the credentials to the device hash)."""
+        """The device whose SIP username this is. Usernames are MAC-named device ids unless
+        provisioning chose otherwise, so the device hash of that name is read with the
+        credentials, in one round trip; another name costs a second one."""
         auth_key = keys.device_auth(username)
-        dev_prefix = keys.device("")
+        guess = keys.device(username)
         pipe = self._pipe
         if pipe is None:
-            reply = await self._by_username(keys=[auth_key], args=[dev_prefix])
+            rp = self.redis.pipeline(transaction=False)
+            rp.hgetall(auth_key)
+            rp.hgetall(guess)
+            auth, h = await rp.execute()
         else:
-            try:
-                reply = await pipe.execute("EVALSHA", self._by_username.sha, 1, auth_key,
-                                           dev_prefix)
-            except NoScriptError:  # a restarted server: load it once, the slow way
-                await pipe.execute("SCRIPT", "LOAD", _BY_USERNAME_LUA)
-                reply = await pipe.execute("EVALSHA", self._by_username.sha, 1, auth_key,
-                                           dev_prefix)
-        if not reply or not reply[0] or not reply[1]:
+            first = pipe.send_now("HGETALL", auth_key)
+            if first is None:  # not connected yet: the first command connects
+                auth = _pairs(await pipe.execute("HGETALL", auth_key))
+                h = _pairs(await pipe.execute("HGETALL", guess))
+            else:
+                second = pipe.send_now("HGETALL", guess)
+                auth = _pairs(await first)
+                h = _pairs(await second) if second is not None else {}
+        if not auth:
             return None
-        auth, h = _pairs(reply[0]), _pairs(reply[1])
+        device_id = _s(auth, "device_id")
+        if device_id != username:
+            h = await self.redis.hgetall(keys.device(device_id))
+        if not h:
+            return None
         if _s(h, "sip_username") != username:
             # the account names other credentials than these (an admin renamed it): read
             # them as ``get`` does
@@ -359,14 +366,3 @@ redis.call('ZADD', KEYS[3], ARGV[7], ARGV[1])
 return 'ok'
 """
 
-# KEYS[1] = the credentials hash of a SIP username; ARGV[1] = the device key prefix.
-# Returns {credentials, device hash} as flat HGETALL lists ({} when no credentials).
-_BY_USERNAME_LUA = """
-local auth = redis.call('HGETALL', KEYS[1])
-if #auth == 0 then return {} end
-local id = ''
-for i = 1, #auth, 2 do
-  if auth[i] == 'device_id' then id = auth[i + 1] end
-end
-return {auth, redis.call('HGETALL', ARGV[1] .. id)}
-"""
