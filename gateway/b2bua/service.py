@@ -659,7 +659,8 @@ class B2BUA:
             while waited < limit:
                 wait = interval if not reliable else limit - waited
                 try:
-                    await asyncio.wait_for(ev.wait(), wait)
+                    async with asyncio.timeout(wait):  # no task per wait (wait_for)
+                        await ev.wait()
                     return True
                 except TimeoutError:
                     waited += wait

@@ -144,8 +144,9 @@ class BackendClient:
         kind = ""
         try:
             try:
-                status, raw = await asyncio.wait_for(self._http.exchange(wire, method),
-                                                     self._timeout)
+                # a deadline on this task, not a task per request (asyncio.wait_for)
+                async with asyncio.timeout(self._timeout):
+                    status, raw = await self._http.exchange(wire, method)
             except TimeoutError:
                 kind = "timeout"
                 raise BackendUnavailable(f"{op}: backend did not answer within "
