@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,13 +43,12 @@ from gateway.registrar.registrar import (
     _ascii,
     _bound_contact,
     _Ctx,
-    _q,
     _Reject,
     _tag,
 )
 from gateway.sip.digest import DigestCredentials, DigestError, NonceCheck, NonceStatus
 from gateway.sip.errors import SipParseError
-from gateway.sip.headers import NameAddr
+from gateway.sip.headers import NameAddr, unquote_param
 from gateway.sip.lean import (
     LeanRegister,
     Replay,
@@ -68,22 +68,78 @@ _SWEEP_EVERY = 1.0  # s between replay-cache expiry passes
 
 
 class _Contact:
-    """A registered Contact read once (phones send the same one on every refresh)."""
+    """The parts of a registered Contact the binding needs."""
 
     __slots__ = ("key", "contact", "uri", "expires", "q", "instance", "general")
 
-    def __init__(self, c: NameAddr) -> None:
-        e = c.param("expires")
+    def __init__(self, uri: str, params: tuple[tuple[str, str | None], ...],
+                 general: bool = False) -> None:
+        named = dict(params)
+
+        def get(name: str) -> str | None:  # NameAddr.param: "" for a flag
+            v = named.get(name)
+            return v if v is not None else "" if name in named else None
+
+        e = get("expires")
         e = e.strip() if e is not None else None
-        # RFC 5626 outbound and garbled expiries (400) are the general path's
-        self.general = c.param("reg-id") is not None or \
+        # RFC 5626 outbound, repeated parameters and garbled expiries (400) are the
+        # general path's
+        self.general = general or "reg-id" in named or len(named) != len(params) or \
             (e is not None and (not e.isdigit() or len(e) > 10))
         self.expires = int(e) if e is not None and not self.general else None
-        self.key = f"uri:{c.uri}"
-        self.contact = _bound_contact(c)
-        self.uri = str(c.uri)
-        self.instance = c.param("+sip.instance")
-        self.q = _q(c)  # _Reject on a bad q: the general path answers 400
+        self.key = f"uri:{uri}"
+        self.uri = uri
+        # as registered, without expires: _bound_contact's text
+        self.contact = f"<{uri}>" + "".join(
+            f";{k}" if v is None else f";{k}={v}" for k, v in params if k != "expires")
+        self.instance = unquote_param(get("+sip.instance"))
+        q = get("q")
+        self.q = _q_value(q) if q is not None else None
+
+    @classmethod
+    def parse(cls, raw: str) -> _Contact:
+        """Any Contact value, by the general header model (SipParseError, _Reject)."""
+        c = NameAddr.parse(raw)
+        if c.display is not None or not c.bracketed:
+            contact = _bound_contact(c)  # rare forms: let the model render them
+            out = cls(str(c.uri), c.params)
+            out.contact = contact
+            return out
+        return cls(str(c.uri), c.params)
+
+    @classmethod
+    def lean(cls, raw: str) -> _Contact | None:
+        """The everyday ``<sip:user@host:port;uri-params>;params`` without the header
+        model, or None. Same result as ``parse`` (tests/unit/registrar/test_fastlane.py)."""
+        m = _LEAN_CONTACT.fullmatch(raw)
+        if m is None or (m.group(2) is not None and int(m.group(2)) > 65535):
+            return None
+        rest = m.group(3)
+        params: tuple[tuple[str, str | None], ...] = ()
+        if rest:
+            params = tuple((k.lower(), v if eq else None)
+                           for k, eq, v in (p.partition("=") for p in rest[1:].split(";")))
+        return cls(m.group(1), params)
+
+
+# A subset of what NameAddr.parse accepts, in the form Uri keeps verbatim: token-ish user,
+# host name or IPv4 address (IPv6 goes the general way), port, token URI parameters;
+# header parameters with token values or a quoted <urn:...> (+sip.instance).
+_LEAN_CONTACT = re.compile(
+    r"<(sip:[A-Za-z0-9\-_.!~*'()&=+$,]+@"
+    r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*"
+    r"(?::([0-9]{1,5}))?(?:;[A-Za-z0-9\-_.]+(?:=[A-Za-z0-9\-_.]+)?)*)>"
+    r"((?:;[A-Za-z0-9\-_.+]+(?:=(?:[A-Za-z0-9\-_.!~*%]+|\"<[A-Za-z0-9:\-.]+>\"))?)*)")
+
+
+def _q_value(q: str) -> float:
+    try:
+        v = float(q)
+    except ValueError:
+        raise _Reject(400, "bad q value") from None
+    if not 0.0 <= v <= 1.0 or len(q) > 5:
+        raise _Reject(400, "bad q value")
+    return v
 
 
 class FastLane:
@@ -357,7 +413,7 @@ class FastLane:
         if raw in cache:
             return cache[raw]
         try:
-            c: _Contact | None = _Contact(NameAddr.parse(raw))
+            c = _Contact.lean(raw) or _Contact.parse(raw)
         except (SipParseError, _Reject):
             c = None
         if len(cache) >= _CONTACT_CACHE_MAX:

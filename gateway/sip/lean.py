@@ -1,13 +1,12 @@
 """A lean reading of the everyday UDP REGISTER, and its responses as bytes (RFC 3261 §10.2).
 
 Nearly every REGISTER a fleet sends is the same shape: one Via, one Contact, an
-optional Authorization, no body. ``read_register`` picks that shape's values
-out of the parser's header fields as strings, without building the header
-objects (Via, name-addr, URI) the general path uses, and returns None for
-anything else: that goes the general way (the transaction layer and the full
-header model), which also answers every malformed message. For every datagram
-it accepts the general path reads the same values (tests/unit/sip/test_lean.py
-holds it to that).
+optional Authorization, no body. ``read_register`` reads exactly that
+shape off the datagram as strings, with the general parser's own validators
+but none of its header objects, and returns None for anything else: that goes
+the general way (``parse_message``, the transaction layer), which also answers
+every malformed message. For every datagram it accepts the general parser reads
+the same values (tests/unit/sip/test_lean.py holds it to that).
 
 ``stamp_via`` is ``routing.stamp_via`` on text (§18.2.1, RFC 3581 §4) and
 ``render_response`` is ``build_response`` + serialisation for such a request
@@ -21,8 +20,25 @@ import enum
 import re
 from dataclasses import dataclass
 
-from gateway.sip.headers import canonical_name
-from gateway.sip.message import ParseFailure, SipRequest, parse_message
+from gateway.sip.errors import SipParseError
+from gateway.sip.headers import (
+    _NAME_CACHE,
+    _NAME_CACHE_MAX,
+    NAME_ADDR_FAST_RE,
+    VIA_PARTS_RE,
+    NameAddr,
+    canonical_name,
+)
+from gateway.sip.message import (
+    _CALL_ID_RE,
+    _DATE_RE,
+    _REQUEST_RE,
+    _VALID_ADDR,
+    _VALID_CALL_ID,
+    MAX_HEADERS,
+    _check_contacts,
+)
+from gateway.sip.uri import Uri
 
 # Header names whose value the registrar reads, by the parser's canonical names.
 _VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTACT, _EXPIRES, _AUTH, _UA = range(9)
@@ -63,44 +79,74 @@ class LeanRegister:
 def read_register(data: bytes) -> LeanRegister | None:
     """``data`` as a LeanRegister, or None when it is not the plain shape.
 
-    The general parser reads the datagram first (its line cache makes that cheap for
-    a phone's repeated lines), so everything it refuses is refused here too; this
-    reader then only picks values out and decides whether the shape is plain.
+    Every value taken passes the very checks ``parse_message`` applies to it (its
+    validators and their memories of valid values), so what the general parser
+    refuses is refused here too; every header line is split as the parser splits it.
     """
     if not data.startswith(b"REGISTER sip:"):
         return None
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end + 4 != len(data):
+        return None  # a body, trailing bytes or bare-LF line ends: the general parser
     try:
-        msg = parse_message(data)
-    except ParseFailure:
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError:
         return None
-    if msg.body or not isinstance(msg, SipRequest):
+    lines = text.split("\r\n")
+    n = len(lines) - 1
+    if n >= MAX_HEADERS or text.count("\n") != n or text.count("\r") != n or "\x00" in text:
+        return None  # bare CR/LF, NULs, too many lines
+    if not _request_line_ok(lines[0]):
         return None
     vals: list[str | None] = [None] * 9
+    seen: set[str] = set()
     slots = _SLOTS
-    for name, value in msg.headers._items:
-        slot = slots.get(name)
-        if slot is None:
-            if name in _GENERAL:
+    maxf = None
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or line[0] in " \t":
+            return None
+        cname = _NAME_CACHE.get(name)
+        if cname is None:
+            bare = name.rstrip(" \t")
+            if not _TOKEN(bare):
                 return None
-            continue
-        if vals[slot] is not None:
-            return None  # repeated: several Vias, Contacts or credentials
-        vals[slot] = value
+            cname = canonical_name(bare)
+            if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+                _NAME_CACHE[name] = cname
+        if cname in seen:
+            return None  # repeated: several Vias, Contacts, credentials …
+        seen.add(cname)
+        value = value.strip(" \t")
+        slot = slots.get(cname)
+        if slot is not None:
+            vals[slot] = value
+        elif cname in _GENERAL:
+            return None
+        elif cname == "Max-Forwards":
+            maxf = value
+        elif cname == "Content-Length":
+            if value != "0":
+                return None
+        elif cname == "Date":
+            if _DATE_RE.fullmatch(value) is None:
+                return None
     via, from_, to, call_id, cseq, contact, expires, auth, ua = vals
     if via is None or from_ is None or to is None or call_id is None or cseq is None:
         return None
-    maxf = msg.headers.get("Max-Forwards")
-    if maxf is not None and maxf.strip("0") == "":
-        return None  # 0: the general checks answer 483
+    if maxf is not None and (not maxf.isdigit() or len(maxf) > 3 or not 0 < int(maxf) <= 255):
+        return None  # 0 (483) or garbage: the general checks answer it
     number, _, method = cseq.partition(" ")
-    if method != "REGISTER" or not number.isdigit():
+    if method != "REGISTER" or not number.isdigit() or len(number) > 9:
         return None
     expires_n: int | None = None
     if expires is not None:
         if not expires.isdigit() or len(expires) > 9:
             return None
         expires_n = int(expires)
-    if contact is not None and ("," in contact or contact == "*"):
+    if contact is not None and (contact == "*" or "," in contact or not _contact_ok(contact)):
+        return None
+    if not (_address_ok(from_) and _address_ok(to) and _call_id_ok(call_id)):
         return None
     via_parts = _read_via(via)
     if via_parts is None:
@@ -114,40 +160,72 @@ def read_register(data: bytes) -> LeanRegister | None:
                         expires=expires_n, authorization=auth, user_agent=ua or "")
 
 
+_REQUEST_URIS: set[str] = set()  # Request-URIs proven good (a fleet sends a handful)
+
+
+def _request_line_ok(start: str) -> bool:
+    m = _REQUEST_RE.fullmatch(start)
+    if m is None or m.group(1) != "REGISTER" or (m.group(4), m.group(5)) != ("2", "0"):
+        return False
+    uri = m.group(2)
+    if uri in _REQUEST_URIS:
+        return True
+    try:
+        if Uri.parse(uri).headers:
+            return False
+    except SipParseError:
+        return False
+    if len(_REQUEST_URIS) >= 1024:
+        _REQUEST_URIS.clear()
+    _REQUEST_URIS.add(uri)
+    return True
+
+
+def _address_ok(value: str) -> bool:
+    """From/To as ``parse_message`` checks them."""
+    if value in _VALID_ADDR or NAME_ADDR_FAST_RE.fullmatch(value) is not None:
+        return True
+    try:
+        NameAddr.parse(value)
+    except SipParseError:
+        return False
+    return True
+
+
+def _call_id_ok(value: str) -> bool:
+    return value in _VALID_CALL_ID or _CALL_ID_RE.fullmatch(value) is not None
+
+
+def _contact_ok(value: str) -> bool:
+    try:
+        _check_contacts([value])
+    except SipParseError:
+        return False
+    return True
+
+
 def _read_via(via: str) -> tuple[str, str, bool] | None:
-    """(branch, unbracketed sent-by host, bare rport) of a plain UDP Via, else None."""
-    if "," in via or '"' in via:
+    """(branch, sent-by host, bare rport) of a Via in the parser's fast UDP shape."""
+    m = VIA_PARTS_RE.fullmatch(via)
+    if m is None or m.group(1).upper() != "UDP":
+        return None  # what the fast shape refuses the general parser judges
+    params = m.group(4)
+    if '"' in params:
         return None
-    parts = via.split(";")
-    proto, _, sent_by = parts[0].partition(" ")
-    if proto.upper().replace(" ", "") != "SIP/2.0/UDP":
-        return None
-    sent_by = sent_by.strip(" \t")
-    if not sent_by or " " in sent_by:
-        return None
-    if sent_by.startswith("["):
-        close = sent_by.find("]")
-        if close < 0:
-            return None
-        host = sent_by[1:close]
-    else:
-        host = sent_by.partition(":")[0]
     branch = ""
     rport = False
-    for p in parts[1:]:
+    for p in params[1:].split(";"):
         k, eq, v = p.partition("=")
-        k = k.strip(" \t").lower()
+        k = k.lower()
         if k == "branch":
-            branch = v.strip(" \t")
+            branch = v
         elif k == "rport":
             if eq:
                 return None  # a value from the client: the general way
             rport = True
-        elif not k or not _TOKEN(k):
-            return None
-    if not branch.startswith("z9hG4bK") or len(branch) > 200 or not _TOKEN(branch):
+    if not branch.startswith("z9hG4bK") or len(branch) > 200:
         return None
-    return branch, host.lower(), rport
+    return branch, m.group(2).lower(), rport
 
 
 def _to_user(to: str) -> str | None:
