@@ -414,8 +414,15 @@ class _HttpPool:
         keep = parts[0] == b"HTTP/1.1"
         length = -1
         chunked = False
-        raw = await reader.readuntil(b"\r\n\r\n")
-        for h in raw.split(b"\r\n"):
+        # the header section ends with an empty line (RFC 9112 §2.1), which may come first
+        lines: list[bytes] = []
+        size = 0
+        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+            lines.append(line)
+            size += len(line)
+            if size > 65536:
+                raise _HttpProtocolError("response header section too large")
+        for h in b"".join(lines).split(b"\r\n"):
             name, sep, value = h.partition(b":")
             if not sep:
                 continue

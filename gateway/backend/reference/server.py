@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from gateway.backend.directory import Directory, User
 from gateway.backend.reference.engine import ApiFailure, CallEngine, EngineConfig, _s
+from gateway.backend.reference.fasthttp import FastRestFactory
 from gateway.backend.schema import (
     Answer,
     CallCreate,
@@ -339,36 +340,44 @@ class RestResource(Resource):
     async def _handle(self, request: Request) -> None:
         finished = [False]
         request.notifyFinish().addBoth(lambda _: finished.__setitem__(0, True))
-        status, body = await self._dispatch(request)
+        status, body, allow = await self.dispatch(
+            _s(request.method), request.path, request.getHeader(b"authorization"),
+            request.content.read() if request.content is not None else b"",
+            request.args or {})
+        if allow:
+            request.setHeader(b"allow", allow.encode("ascii"))
         if not finished[0]:
             _write_json(request, status, body)
 
-    async def _dispatch(self, request: Request) -> tuple[int, Any]:
-        method = _s(request.method)
+    async def dispatch(self, method: str, raw_path: bytes, authorization: bytes | None,
+                       raw_body: bytes, args: dict[bytes, list[bytes]],
+                       ) -> tuple[int, Any, str]:
+        """One REST request: (status, JSON body or None, Allow header value or "")."""
         try:
-            path = _s(request.path)
-            if not check_token(request.getHeader(b"authorization"), self.token):
-                return 401, {"error": "unauthorized", "message": "bearer token missing or wrong"}
+            path = _s(raw_path)
+            if not check_token(authorization, self.token):
+                return 401, {"error": "unauthorized",
+                             "message": "bearer token missing or wrong"}, ""
             parts = path.strip("/").split("/")
             candidates = [(r, p) for r in _ROUTES_BY_LENGTH.get(len(parts), ())
                           if (p := r.match(parts)) is not None]
             if not candidates:
-                return 404, {"error": "not_found", "message": f"no such resource {path[:80]}"}
+                return 404, {"error": "not_found",
+                             "message": f"no such resource {path[:80]}"}, ""
             for route, params in candidates:
                 if route.method == method and params is not None:
-                    raw = request.content.read() if request.content is not None else b""
-                    body = parse_body(raw) if method in ("POST", "PUT") else {}
-                    return await route.handler(self.api, params, body, request.args or {})
+                    body = parse_body(raw_body) if method in ("POST", "PUT") else {}
+                    status, answer = await route.handler(self.api, params, body, args)
+                    return status, answer, ""
             allowed = ", ".join(sorted({r.method for r, _ in candidates}))
-            request.setHeader(b"allow", allowed.encode("ascii"))
-            return 405, {"error": "method_not_allowed", "message": f"use {allowed}"}
+            return 405, {"error": "method_not_allowed", "message": f"use {allowed}"}, allowed
         except SchemaError as exc:
-            return 400, {"error": "bad_request", "message": str(exc)}
+            return 400, {"error": "bad_request", "message": str(exc)}, ""
         except ApiFailure as exc:
-            return exc.status, {"error": exc.code, "message": exc.message}
+            return exc.status, {"error": exc.code, "message": exc.message}, ""
         except Exception:
-            log.exception("backend %s %r failed", method, request.path[:80])
-            return 500, {"error": "internal", "message": "internal error"}
+            log.exception("backend %s %r failed", method, raw_path[:80])
+            return 500, {"error": "internal", "message": "internal error"}, ""
 
 
 class EventStreamProtocol(WebSocketServerProtocol):
@@ -522,13 +531,18 @@ class _ApiSite(Site):
 
 
 def build_site(engine: CallEngine, token: str) -> tuple[Site, EventStreamFactory]:
+    site, ws_factory, _ = _build(engine, token)
+    return site, ws_factory
+
+
+def _build(engine: CallEngine, token: str) -> tuple[Site, EventStreamFactory, RestResource]:
     rest = RestResource(Api(engine), token)
     ws_factory = EventStreamFactory(engine, token)
     root = _Root(V1Resource(rest, WebSocketResource(ws_factory)), rest)
     # the API takes JSON only: no form parsing (twisted.web's goes through the email package)
     site = _ApiSite(root, parsePOSTFormSubmission=False)
     site.displayTracebacks = False
-    return site, ws_factory
+    return site, ws_factory, rest
 
 
 async def start_reference_backend(
@@ -543,8 +557,10 @@ async def start_reference_backend(
     if not token:
         raise ValueError("the reference backend needs a bearer token")
     engine = CallEngine(redis, directory, reactor, config)
-    site, ws_factory = build_site(engine, token)
-    listening: Any = reactor.listenTCP(port, site, interface=host)  # IListeningPort
+    site, ws_factory, rest = _build(engine, token)
+    # plain REST requests skip twisted.web's per-request machinery; the rest is the site's
+    listening: Any = reactor.listenTCP(port, FastRestFactory(site, rest),
+                                       interface=host)  # IListeningPort
     stopped = [False]
 
     async def stop() -> None:

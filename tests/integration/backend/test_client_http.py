@@ -121,3 +121,30 @@ async def test_silent_server_is_unavailable_after_the_timeout() -> None:
             await client.close()
             server.close()
     await aio(scenario())
+
+
+@pytest_twisted.ensureDeferred
+async def test_answer_without_header_fields() -> None:
+    """A status line and the empty line, nothing else (a 204 needs no field): read as the
+    end of that answer, and the connection serves the next request."""
+    async def bare(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   seen: list[bytes]) -> None:
+        while True:
+            try:
+                seen.append(await read_request(reader))
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+            await writer.drain()
+
+    async def scenario() -> None:
+        server, url, seen = await serve(bare)
+        client = BackendClient(url, "tok", timeout=2.0)
+        try:
+            for _ in range(2):
+                assert await client.remove_endpoint(OID, "ep-1") is None
+            assert len(seen) == 2
+        finally:
+            await client.close()
+            server.close()
+    await aio(scenario())
