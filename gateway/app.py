@@ -311,7 +311,9 @@ class Gateway:
             self.fast_lane = FastLane(registrar, node_id, self.driver.send_datagram,
                                       self.driver.receive_general,
                                       server=self.stack.config.server_header,
-                                      registry=self.registry)
+                                      registry=self.registry,
+                                      backlog=self.driver.udp_backlog,
+                                      shed_bytes=r.shed_backlog_kib * 1024)
             self.driver.udp_fast = self.fast_lane.take
         self._every(r.sweep_interval, registrar.sweep_expired, "binding sweep")
         self._every(r.offboard_interval, registrar.offboard_stale, "stale-device sweep")

@@ -120,6 +120,9 @@ class RegistrarSettings:
     # Everyday UDP REGISTERs answered straight from the datagram (same decisions, a
     # fraction of the CPU); false sends every REGISTER through the general SIP path
     fast_lane: bool = True
+    # Overload: with this many KiB of datagrams waiting unread, new REGISTERs get 503 with
+    # Retry-After (registrations under way are still served); 0 = never shed
+    shed_backlog_kib: int = 1024
     # digest algorithms challenged with, in preference order (RFC 8760): "MD5" and/or
     # "SHA-256" (a 401 then carries one WWW-Authenticate per algorithm)
     digest_algorithms: list[str] = field(default_factory=lambda: ["MD5"])

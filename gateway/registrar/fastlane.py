@@ -16,6 +16,9 @@ changed, so it is answered exactly as it would have been without this lane:
   its ``ok`` is answered here (200 with the AOR's bindings) and listeners are
   told, its other outcomes by the registrar's own mapping.
 
+Under overload (a deep receive backlog) new registrations are refused with 503 and
+Retry-After before any other work.
+
 Handed over: removals (expiry 0), fetches (no Contact), outbound reg-id, Path,
 wrong or unknown credentials (failure counting), firmware refusals, overload,
 and every request whose credentials are not cached yet (the prefetch failed).
@@ -155,6 +158,7 @@ class FastLane:
                  send: Callable[[bytes, Peer], None],
                  general: Callable[[bytes, Peer], None], *, server: str | None = None,
                  registry: CollectorRegistry | None = None,
+                 backlog: Callable[[], int] | None = None, shed_bytes: int = 0,
                  clock: Callable[[], float] = time.time) -> None:
         self.registrar = registrar
         self.node_id = node_id
@@ -171,6 +175,15 @@ class FastLane:
         self.taken = 0  # REGISTERs answered (or being answered) here
         self.handed_over = 0  # REGISTERs of the plain shape the general path answered
         self.replayed = 0  # retransmissions answered from the replay cache
+        self.shed = 0  # new REGISTERs refused with 503 while the node was behind
+        # RFC 3261 §21.5.4 / RFC 5390: once ``shed_bytes`` of datagrams wait unread, new
+        # registrations get 503 + Retry-After (cheap, and phones back off) while the ones
+        # under way, whose challenge was already paid for, are still served; shedding
+        # stops when the backlog is half that again.
+        self._backlog = backlog if shed_bytes > 0 else None
+        self._shed_bytes = shed_bytes
+        self._shedding = False
+        self._backlog_at = 0.0
         if registry is not None:
             registry.register(_Collector(self))
 
@@ -214,6 +227,14 @@ class FastLane:
         if reg.pending >= reg.config.max_pending:
             return None
         if req.authorization is None:
+            if self._backlog is not None and self._behind(now):
+                self.shed += 1
+                reg._count_status(503)
+                self._send(render_response(
+                    req, stamp_via(req, peer.host, peer.port), 503, "Service Unavailable",
+                    _tag(), f"Retry-After: {reg._retry_after()}\r\nWarning: 399 "
+                    f'{reg.auth.realm} "registrar overloaded"\r\n{self._server_line}'), peer)
+                return True
             reg._admit_locally(peer.host, now)  # _Reject: the general path refuses it
             reg._prefetch(req.to_user, now)
             self._challenge(req, peer, now, stale=False)
@@ -240,6 +261,20 @@ class FastLane:
                 lambda _: self._resume(req, data, peer, key, creds, check, now))
             return True
         return self._authorised(req, data, peer, key, creds, check, hit[0], now)
+
+    def _behind(self, now: float) -> bool:
+        """Whether to shed new registrations: the receive backlog, read every 10 ms."""
+        if now - self._backlog_at >= 0.01:
+            self._backlog_at = now
+            assert self._backlog is not None
+            queued = self._backlog()
+            limit = self._shed_bytes // 2 if self._shedding else self._shed_bytes
+            if (queued > limit) != self._shedding:
+                self._shedding = not self._shedding
+                log.warning("registrar %s: %d bytes of datagrams waiting unread",
+                            "shedding new registrations with 503" if self._shedding
+                            else "no longer shedding", queued)
+        return self._shedding
 
     def _resume(self, req: LeanRegister, data: bytes, peer: Peer, key: tuple[str, str, int],
                 creds: DigestCredentials, check: NonceCheck, now: float) -> None:
@@ -435,6 +470,7 @@ class _Collector:
         c.add_metric(["answered"], self._lane.taken)
         c.add_metric(["handed_over"], self._lane.handed_over)
         c.add_metric(["retransmission"], self._lane.replayed)
+        c.add_metric(["shed"], self._lane.shed)
         yield c
 
 

@@ -48,7 +48,13 @@ from gateway.transport.stream import (
     SipStreamServerFactory,
     StreamLimits,
 )
-from gateway.transport.udp import MAX_DATAGRAM, SipDatagramProtocol, is_ipv6, normalise_host
+from gateway.transport.udp import (
+    MAX_DATAGRAM,
+    READ_BATCH,
+    SipDatagramProtocol,
+    is_ipv6,
+    normalise_host,
+)
 
 log = Logger(namespace="sipgw.transport")
 
@@ -147,6 +153,7 @@ class SipDriver:
         lp = self._reactor.listenUDP(port, proto, interface=host or "", maxPacketSize=MAX_DATAGRAM)
         bound = int(lp.getHost().port)
         _grow_socket_buffers(lp)
+        lp.maxThroughput = READ_BATCH
         proto.port = bound
         self._ports.append(lp)
         self._udp.append(proto)
@@ -280,6 +287,11 @@ class SipDriver:
         """A UDP datagram the fast lane took and then handed back, the general way."""
         self._stack.receive_datagram(data, peer, self.now())
         self.flush()
+
+    def udp_backlog(self) -> int:
+        """Bytes waiting unread in the UDP sockets' receive buffers: how far behind the
+        node is (the event loop's own lag stays one read batch however deep this grows)."""
+        return sum(s.backlog() for s in self._udp)
 
     def send_datagram(self, data: bytes, peer: Peer) -> None:
         """Bytes built outside the stack (the fast lane's responses), counted and routed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,6 +20,10 @@ from gateway.sip.peer import Peer
 
 # RFC 3261 §18.1.1 lets UDP carry up to 65535 bytes; Twisted's default read size is 8192.
 MAX_DATAGRAM = 65535
+# Bytes read per readiness callback before the loop serves others (Redis replies, timers):
+# Twisted's 256 KiB is ~400 SIP datagrams, a long time for a reply to wait.
+READ_BATCH = 48 * 1024
+_SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux; sk_rmem_alloc comes first
 
 
 def normalise_host(host: str) -> str:
@@ -47,6 +52,7 @@ class SipDatagramProtocol(DatagramProtocol):
         self.family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
         self.port = 0
         self._sendto: Callable[[bytes, tuple[str, int]], int] | None = None
+        self._sock: socket.socket | None = None
 
     def datagramReceived(self, datagram: bytes, addr: Any) -> None:  # noqa: N802 - Twisted API
         # addr is (host, port) for IPv4 and (host, port, flowinfo, scope_id) for IPv6
@@ -59,10 +65,25 @@ class SipDatagramProtocol(DatagramProtocol):
         # The hot path writes to the socket itself: Twisted's Port.write re-validates the
         # address (three isIPAddress calls) on every datagram, which the driver has done.
         sock = getattr(self.transport, "socket", None)
+        self._sock = sock if isinstance(sock, socket.socket) else None
         self._sendto = sock.sendto if isinstance(sock, socket.socket) else None
 
     def stopProtocol(self) -> None:  # noqa: N802 - Twisted API
         self._sendto = None
+        self._sock = None
+
+    def backlog(self) -> int:
+        """Bytes of datagrams waiting in the kernel's receive buffer (Linux SO_MEMINFO,
+        kernel accounting: a few hundred bytes more than the payload each); 0 when the
+        platform cannot tell."""
+        sock = self._sock
+        if sock is None:
+            return 0
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4)
+        except OSError:
+            return 0
+        return int.from_bytes(raw[:4], sys.byteorder)
 
     def send(self, data: bytes, host: str, port: int) -> None:
         """Write one datagram; raises OSError/ValueError/MessageLengthError on failure.

@@ -149,7 +149,7 @@ def main() -> int:
                 run = subprocess.run(
                     ["taskset", "-c", "1", "sipp", "-sf", str(HERE / "register_uac.xml"),
                      "-inf", str(csv), "-m", str(calls), "-r", str(rate), "-t", "u1",
-                     "-i", "127.0.0.1", "-nostdin", "-buff_size", "4194304",
+                     "-i", "127.0.0.1", "-nostdin", "-nd", "-buff_size", "4194304",
                      "-timeout", f"{int(args.seconds * 3 + 10)}s", "-timeout_error",
                      f"{host}:{port}"],
                     capture_output=True, text=True, cwd=tmp, timeout=args.seconds * 4 + 30)

@@ -107,3 +107,49 @@ def test_fast_and_general_paths_agree(tmp_path: Path, redis_url: str) -> None:
             assert _lane(fast)["handed_over"] == 1
         finally:
             intruder.close()
+
+
+def test_overload_sheds_new_registrations_with_503(tmp_path: Path, redis_url: str) -> None:
+    """A burst far beyond what the node reads at once: new REGISTERs get 503 + Retry-After
+    (none is lost or left unanswered), and once the backlog is drained phones register."""
+    (user, pw), = provision(redis_url, 1, prefix=0x6B0000)
+    cfg = overrides(redis={"url": redis_url}, registrar={"shed_backlog_kib": 16})
+    with GatewayProcess(tmp_path, cfg) as gw:
+        host, port = gw.sip("udp")
+        burst = 1500
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind(("127.0.0.1", 0))
+        lport = sock.getsockname()[1]
+        sock.settimeout(10)
+        try:
+            for i in range(burst):
+                sock.sendto((
+                    f"REGISTER sip:{REALM} SIP/2.0\r\n"
+                    f"Via: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bKburst{i};rport\r\n"
+                    f"Max-Forwards: 70\r\nFrom: <sip:{user}@{REALM}>;tag=b{i}\r\n"
+                    f"To: <sip:{user}@{REALM}>\r\nCall-ID: burst-{i}\r\nCSeq: 1 REGISTER\r\n"
+                    f"Contact: <sip:{user}@127.0.0.1:{lport}>\r\nExpires: 600\r\n"
+                    f"Content-Length: 0\r\n\r\n").encode(), (host, port))
+            statuses: dict[int, int] = {}
+            retry_after = set()
+            for _ in range(burst):
+                msg = parse_message(sock.recvfrom(65535)[0])
+                assert isinstance(msg, SipResponse)
+                statuses[msg.status] = statuses.get(msg.status, 0) + 1
+                if msg.status == 503:
+                    retry_after.add(msg.headers.get("Retry-After"))
+                    assert "registrar overloaded" in (msg.headers.get("Warning") or "")
+        finally:
+            sock.close()
+        assert set(statuses) <= {401, 503} and sum(statuses.values()) == burst, statuses
+        assert statuses.get(503, 0) > 0, statuses
+        assert all(v is not None and v.isdigit() and int(v) > 0 for v in retry_after)
+        assert _lane(gw)["shed"] == statuses[503]
+
+        # the backlog drained: shedding stopped, a phone registers
+        phone = UdpPhone(host, port, user, pw)
+        try:
+            assert phone.register(expires=600).status == 200
+        finally:
+            phone.close()
