@@ -104,8 +104,21 @@ class B2buaMetrics:
             ("direction",), buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=registry)
 
+        # labels() costs a lock and a tuple per call: each child is looked up once
+        self._finals: dict[tuple[str, int], Any] = {}
+        self._setups: dict[str, Any] = {}
+
     def final(self, direction: str, status: int) -> None:
-        self.calls.labels(direction, str(status)).inc()
+        child = self._finals.get((direction, status))
+        if child is None:
+            child = self._finals[(direction, status)] = self.calls.labels(direction, str(status))
+        child.inc()
+
+    def setup_time(self, direction: str, seconds: float) -> None:
+        child = self._setups.get(direction)
+        if child is None:
+            child = self._setups[direction] = self.setup.labels(direction)
+        child.observe(seconds)
 
 
 # -- bodies ------------------------------------------------------------------------------
@@ -629,7 +642,7 @@ class B2BUA:
         await self.legs.save(leg, se_deadline=self._se_deadline(leg))
         self._forget_outbound(out)
         self.metrics.final("out", 200)
-        self.metrics.setup.labels("out").observe(self._now() - out.started)
+        self.metrics.setup_time("out", self._now() - out.started)
         self.metrics.active.inc()
         self._respond(out.event.key, response)
         self._spawn(self._await_ack(out.event.key, response, leg))
@@ -1185,7 +1198,7 @@ class B2BUA:
                                 reason=COMPLETED_ELSEWHERE)
             return
         self.metrics.final("in", 200)
-        self.metrics.setup.labels("in").observe(self._now() - inbound.started)
+        self.metrics.setup_time("in", self._now() - inbound.started)
 
     async def _cancel_inbound(self, inbound: _Inbound, reason: str) -> None:
         inbound.cancel_reason = reason or "cancelled"

@@ -124,6 +124,7 @@ class BackendClient:
         self._fixed_headers = (f"Host: {host_header}\r\nAuthorization: Bearer {token}\r\n"
                                "Accept: application/json\r\n").encode("latin-1")
         self.metrics = BackendMetrics(registry) if registry is not None else None
+        self._latency: dict[str, Any] = {}
 
     async def close(self) -> None:
         await self._http.close()
@@ -170,7 +171,10 @@ class BackendClient:
             return payload
         finally:
             if self.metrics is not None:
-                self.metrics.latency.labels(op=op).observe(time.monotonic() - start)
+                child = self._latency.get(op)
+                if child is None:  # labels() costs a lock and a tuple per call: once per op
+                    child = self._latency[op] = self.metrics.latency.labels(op=op)
+                child.observe(time.monotonic() - start)
                 if kind:
                     self.metrics.errors.labels(op=op, kind=kind).inc()
 
