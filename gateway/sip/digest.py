@@ -357,7 +357,7 @@ _NONCE_LEN = 8 + _NONCE_RANDOM + _NONCE_MAC
 
 
 class NonceFactory:
-    """Issues and verifies HMAC-protected nonces (RFC 7616 §3.3 suggests this shape).
+    """Issues and verifies MAC-protected nonces (RFC 7616 §3.3 suggests this shape).
 
     ``secrets``: the first signs new nonces; all are accepted when verifying,
     so a secret can be rotated without failing registrations in flight. The
@@ -369,14 +369,16 @@ class NonceFactory:
                  max_skew: float = 5.0) -> None:
         if not secrets or any(len(s) < 16 for s in secrets):
             raise ValueError("nonce secrets must be at least 16 bytes")
-        self._secrets = list(secrets)
+        # keyed BLAKE2b is a MAC in one call (a third of HMAC-SHA256's cost, twice per
+        # registration); its key is at most 64 bytes, so each secret is hashed to 32
+        self._secrets = [hashlib.sha256(s).digest() for s in secrets]
         self._realm = realm.encode("utf-8")
         self.ttl = ttl
         self.max_skew = max_skew
 
     def _mac(self, secret: bytes, head: bytes) -> bytes:
-        # the one-shot form: no HMAC object per nonce
-        return hmac.digest(secret, head + b"|" + self._realm, "sha256")[:_NONCE_MAC]
+        return hashlib.blake2b(head + b"|" + self._realm, key=secret,
+                               digest_size=_NONCE_MAC).digest()
 
     def issue(self, now: float, *, random_bytes: bytes | None = None) -> str:
         rnd = random_bytes if random_bytes is not None else os.urandom(_NONCE_RANDOM)

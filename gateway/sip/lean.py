@@ -40,14 +40,15 @@ from gateway.sip.message import (
 )
 from gateway.sip.uri import Uri
 
-# Header names whose value the registrar reads, by the parser's canonical names.
-_VIA, _FROM, _TO, _CALL_ID, _CSEQ, _CONTACT, _EXPIRES, _AUTH, _UA = range(9)
-_SLOTS = {"Via": _VIA, "From": _FROM, "To": _TO, "Call-ID": _CALL_ID, "CSeq": _CSEQ,
-          "Contact": _CONTACT, "Expires": _EXPIRES, "Authorization": _AUTH,
-          "User-Agent": _UA}
+# Header names (the parser's canonical ones) whose value is read, by slot: the
+# registrar's, then three the parser checks (the head ends the datagram, so
+# Content-Length can only be 0).
+_SLOTS = {"Via": 0, "From": 1, "To": 2, "Call-ID": 3, "CSeq": 4, "Contact": 5,
+          "Expires": 6, "Authorization": 7, "User-Agent": 8, "Max-Forwards": 9,
+          "Date": 10, "Content-Length": 11}
 # Headers that change what the request means (routing, extensions, outbound proxies,
-# bodies): their presence sends the request the general way.
-_GENERAL = frozenset(canonical_name(n) for n in (
+# bodies): their presence sends the request the general way (slot -1).
+_SLOTS.update((canonical_name(n), -1) for n in (
     "route", "require", "proxy-require", "path", "content-type", "content-encoding",
     "timestamp", "proxy-authorization", "security-client", "security-verify"))
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+").fullmatch
@@ -98,44 +99,41 @@ def read_register(data: bytes) -> LeanRegister | None:
         return None  # bare CR/LF, NULs, too many lines
     if not _request_line_ok(lines[0]):
         return None
-    vals: list[str | None] = [None] * 9
-    seen: set[str] = set()
+    vals: list[str | None] = [None] * 12
     slots = _SLOTS
-    maxf = None
+    names = _NAME_CACHE
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or line[0] in " \t":
+        if not sep:
             return None
-        cname = _NAME_CACHE.get(name)
-        if cname is None:
+        cname = names.get(name)
+        if cname is None:  # (a cached name never starts with whitespace)
+            if line[0] in " \t":
+                return None
             bare = name.rstrip(" \t")
             if not _TOKEN(bare):
                 return None
             cname = canonical_name(bare)
-            if len(_NAME_CACHE) < _NAME_CACHE_MAX:
-                _NAME_CACHE[name] = cname
-        if cname in seen:
-            return None  # repeated: several Vias, Contacts, credentials …
-        seen.add(cname)
-        value = value.strip(" \t")
+            if len(names) < _NAME_CACHE_MAX:
+                names[name] = cname
         slot = slots.get(cname)
-        if slot is not None:
-            vals[slot] = value
-        elif cname in _GENERAL:
-            return None
-        elif cname == "Max-Forwards":
-            maxf = value
-        elif cname == "Content-Length":
-            if value != "0":
-                return None
-        elif cname == "Date":
-            if _DATE_RE.fullmatch(value) is None:
-                return None
-    via, from_, to, call_id, cseq, contact, expires, auth, ua = vals
-    if via is None or from_ is None or to is None or call_id is None or cseq is None:
+        if slot is None:
+            continue  # repeats of other headers are the parser's business, not ours
+        if slot < 0:
+            return None  # a header that changes what the request means
+        if vals[slot] is not None:
+            return None  # repeated: several Vias, Contacts, credentials …
+        vals[slot] = value.strip(" \t")
+    maxf, date, length = vals[9], vals[10], vals[11]
+    if length is not None and length != "0":
         return None
     if maxf is not None and (not maxf.isdigit() or len(maxf) > 3 or not 0 < int(maxf) <= 255):
         return None  # 0 (483) or garbage: the general checks answer it
+    if date is not None and _DATE_RE.fullmatch(date) is None:
+        return None
+    via, from_, to, call_id, cseq, contact, expires, auth, ua = vals[:9]
+    if via is None or from_ is None or to is None or call_id is None or cseq is None:
+        return None
     number, _, method = cseq.partition(" ")
     if method != "REGISTER" or not number.isdigit() or len(number) > 9:
         return None
