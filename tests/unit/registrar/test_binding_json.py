@@ -25,3 +25,14 @@ def test_json_round_trip() -> None:
     for b in (_full(), Binding(key="uri:sip:b@h", aor="sip:b@h", contact="<sip:b@h>",
                                uri="sip:b@h", expires=2.0)):
         assert Binding.from_json(b.to_json()) == b
+
+
+def test_to_json_is_what_the_json_encoder_writes() -> None:
+    enc = json.JSONEncoder(separators=(",", ":")).encode
+    for b in (_full(), Binding(key="uri:sip:b@h", aor="sip:b@h", contact="<sip:b@h>",
+                               uri="sip:b@h", expires=2.0),
+              dataclasses.replace(_full(), user_agent="caf\u00e9 \u2603 \x01", q=1.0,
+                                  path=("<sip:p1;lr>", "<sip:p2;lr>"))):
+        assert b.to_json() == enc({f.name: (list(getattr(b, f.name)) if f.name == "path"
+                                            else getattr(b, f.name))
+                                   for f in dataclasses.fields(Binding)})
