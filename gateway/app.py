@@ -177,7 +177,8 @@ class Gateway:
                 stack_cfg.via_hosts.setdefault("TCP", (host0, port))
             if s.tls_port >= 0:
                 if s.tls_cert and s.tls_key:
-                    tls = TlsFiles(cert=s.tls_cert, key=s.tls_key, ca=s.tls_ca or None)
+                    tls = TlsFiles(cert=Path(s.tls_cert), key=Path(s.tls_key),
+                                   ca=Path(s.tls_ca) if s.tls_ca else None)
                 else:
                     tls = ensure_dev_certificate(self.config.data_path)
                 port = self.driver.listen_tls(host, s.tls_port, tls)

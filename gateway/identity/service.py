@@ -89,7 +89,8 @@ UNAVAILABLE_REASONS = frozenset({"idp_unavailable", "authority_unavailable",
 class PairingControl(Protocol):
     """What the admin API (gateway.ops) needs of sign-in: remote sign-in, sign-out, status."""
 
-    async def start_pairing(self, device_id: str) -> PairingPrompt: ...
+    async def start_pairing(self, device_id: str, tenant: str | None = None, *,
+                            common_area: bool = False) -> PairingPrompt: ...
 
     async def sign_out(self, device_id: str, reason: str) -> bool: ...
 
@@ -124,11 +125,19 @@ class IdentityService:
         manager.on_paired = self._on_paired
 
     # -- PairingControl ----------------------------------------------------------------
-    async def start_pairing(self, device_id: str) -> PairingPrompt:
-        """Start (or restart) the sign-in of ``device_id`` in its tenant (RFC 8628 §3.1)."""
+    async def start_pairing(self, device_id: str, tenant: str | None = None, *,
+                            common_area: bool = False) -> PairingPrompt:
+        """Start (or restart) the sign-in of ``device_id`` in its tenant (RFC 8628 §3.1);
+        ``common_area``: a common-area account signs in instead of a user.
+
+        ``tenant``, when given (the admin API passes the device's), must be the device's.
+        """
         device = await self.gw.devices.get(device_id)
         if device is None:
             raise PairingRefused("unknown_device", f"No device {device_id[:40]}.")
+        if tenant is not None and tenant.lower() != device.tenant.lower():
+            raise PairingRefused("tenant_not_allowed",
+                                 f"Device {device_id[:40]} belongs to another tenant.")
         try:
             cloud = await self.lookup.tenant_cloud(device.tenant)
         except LookupUnavailable as exc:
@@ -136,7 +145,8 @@ class IdentityService:
         if cloud in UNSUPPORTED_CLOUDS:
             raise PairingRefused("government_cloud",
                                  f"SIP devices are not available in the {cloud} cloud.")
-        return await self.manager.start_pairing(device_id, device.tenant)
+        return await self.manager.start_pairing(device_id, device.tenant,
+                                                common_area=common_area)
 
     async def sign_out(self, device_id: str, reason: str) -> bool:
         """Sign the device out (tokens deleted, device unbound); False when it was not

@@ -360,3 +360,32 @@ async def test_phone_screens_per_vendor_show_the_code(served: Served) -> None:
         for d in devices.values():
             d.phone.close()
         await redis.aclose()
+
+
+@aio
+async def test_admin_remote_sign_in_pairs_the_phone(served: Served) -> None:
+    """An admin starts the sign-in of a phone through the admin API of `sipgw serve`
+    (the identity service behind it); the user signs in at the provider; paired."""
+    s = served
+    redis = s.redis()
+    d = await provision(s, redis, "Poly")
+    try:
+        host, port = s.gw.addr("admin", "http")
+        token = load_or_create_key(s.gw.data_dir / "secrets" / "admin.token").hex()
+        async with httpx.AsyncClient(base_url=f"http://{host}:{port}", timeout=10) as http:
+            r = await http.post(f"/admin/v1/devices/{d.device_id}/sign-in",
+                                headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200, r.text
+        code = r.json()["user_code"]
+        page = await sign_in_on_page(s.idp_url, s.ca_file, code, "bob@contoso.example",
+                                     s.passwords["bob@contoso.example"])
+        assert page.status_code == 200, page.text
+
+        async def paired() -> bool:
+            return (await paired_state(redis, d.device_id))[0] is PairingState.PAIRED
+
+        await wait_for(paired, timeout=30)
+        assert (await paired_state(redis, d.device_id))[1] == BOB_OID
+    finally:
+        d.phone.close()
+        await redis.aclose()
