@@ -45,11 +45,17 @@ class FastRestProtocol(Protocol):
         self._buf = b""
         self._busy = False
         self._gone = False
+        self._paused = False
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         self._buf = self._buf + data if self._buf else data
         if not self._busy:
             self._next()
+        elif len(self._buf) > MAX_HEAD + MAX_BODY and not self._paused:
+            # a client pipelining faster than it is answered waits in its own buffers
+            self._paused = True
+            transport: Any = self.transport
+            transport.pauseProducing()
 
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted's name
         self._gone = True
@@ -150,6 +156,9 @@ class FastRestProtocol(Protocol):
             transport.loseConnection()
             return
         self._busy = False
+        if self._paused:
+            self._paused = False
+            transport.resumeProducing()
         self._next()
 
     def _hand_off(self) -> None:
