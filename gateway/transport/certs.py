@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -171,10 +172,17 @@ def server_tls_options(tls: TlsFiles) -> ssl.CertificateOptions:
     chain = _load_chain(tls.cert)
     key = crypto.PKey.from_cryptography_key(
         serialization.load_pem_private_key(tls.key.read_bytes(), password=None))  # type: ignore[arg-type]  # only EC/RSA/DSA keys are valid TLS keys; pyOpenSSL checks at runtime
-    return ssl.CertificateOptions(
-        privateKey=key, certificate=chain[0], extraCertChain=chain[1:] or None,
-        raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
-    )
+    with warnings.catch_warnings():
+        # Twisted hands pyOpenSSL X509/PKey objects to the Context, which pyOpenSSL 24.3+
+        # deprecates in favour of cryptography's; nothing to act on here.
+        warnings.filterwarnings("ignore", "Passing pyOpenSSL (X509|PKey) objects is deprecated",
+                                DeprecationWarning)
+        options = ssl.CertificateOptions(
+            privateKey=key, certificate=chain[0], extraCertChain=chain[1:] or None,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+        options.getContext()  # built now, inside the filter (it is built once, lazily)
+    return options
 
 
 def client_tls_options(tls: TlsFiles | None, hostname: str) -> IOpenSSLClientConnectionCreator:
