@@ -37,6 +37,7 @@ from gateway.sip.message import (
     _VALID_CALL_ID,
     MAX_HEADERS,
     _check_contacts,
+    _remember,
 )
 from gateway.sip.uri import Uri
 
@@ -180,18 +181,25 @@ def _request_line_ok(start: str) -> bool:
 
 
 def _address_ok(value: str) -> bool:
-    """From/To as ``parse_message`` checks them."""
-    if value in _VALID_ADDR or NAME_ADDR_FAST_RE.fullmatch(value) is not None:
+    """From/To as ``parse_message`` checks them (and remembers the good ones)."""
+    if value in _VALID_ADDR:
         return True
-    try:
-        NameAddr.parse(value)
-    except SipParseError:
-        return False
+    if NAME_ADDR_FAST_RE.fullmatch(value) is None:
+        try:
+            NameAddr.parse(value)
+        except SipParseError:
+            return False
+    _remember(_VALID_ADDR, value)
     return True
 
 
 def _call_id_ok(value: str) -> bool:
-    return value in _VALID_CALL_ID or _CALL_ID_RE.fullmatch(value) is not None
+    if value in _VALID_CALL_ID:
+        return True
+    if _CALL_ID_RE.fullmatch(value) is None:
+        return False
+    _remember(_VALID_CALL_ID, value)
+    return True
 
 
 def _contact_ok(value: str) -> bool:
