@@ -116,6 +116,7 @@ class RegistrarMetrics:
 # register script re-checks the HA1 at write time, so this bounds only extra work.
 _CRED_CACHE_TTL = 30.0
 _CRED_CACHE_MAX = 200_000
+_PREFETCH_MAX = 2_000  # credential reads in flight at once
 _LOCAL_BLOCK_MAX = 10.0  # s a node answers a blocked source's challenges without Redis
 _HA1_FIELD = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256"}
 _NO_CHECK = NonceCheck(NonceStatus.INVALID)
@@ -622,6 +623,10 @@ class Registrar:
     # -- credentials -----------------------------------------------------------------------
     def _prefetch(self, username: str, now: float) -> None:
         if len(username) > 128 or username in self._prefetching:
+            return
+        if len(self._prefetching) >= _PREFETCH_MAX:
+            # a flood of challenges (spoofed sources, random users) must not become as many
+            # store reads: the answers, if any come, fetch for themselves
             return
         hit = self._ha1_cache.get(username)
         if hit is not None and now - hit[1] < _CRED_CACHE_TTL:
