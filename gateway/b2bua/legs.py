@@ -141,7 +141,7 @@ class LegStore:
                 futs.append(asyncio.ensure_future(pipe.execute(*c)))
             else:
                 futs.append(fut)
-        return list(await asyncio.gather(*futs))
+        return await _replies(futs)
 
     async def close(self) -> None:
         if self._pipe is not None:
@@ -289,3 +289,20 @@ class LegStore:
     async def last_event(self, node_id: str) -> str:
         raw = await self.redis.get(f"{self.p}events:{node_id}")
         return "" if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
+
+
+async def _replies(futs: list[Any]) -> list[Any]:
+    """The replies of commands sent together, in order. They arrive in order on one
+    connection, so awaiting them one by one suspends about once (gather would add a
+    future and a callback per command); every one is retrieved, the first error raised."""
+    out: list[Any] = []
+    error: BaseException | None = None
+    for fut in futs:
+        try:
+            out.append(await fut)
+        except Exception as e:  # noqa: BLE001 - raised below, after the others are read
+            error = error or e
+            out.append(e)
+    if error is not None:
+        raise error
+    return out

@@ -144,6 +144,22 @@ def _xadd(key: str, event: Event) -> tuple[Any, ...]:
             json.dumps(event.to_json(), separators=(",", ":")))
 
 
+async def _replies(futs: list[Any]) -> list[Any]:
+    """The replies of commands sent together, in order. They arrive in order on one
+    connection, so awaiting them one by one suspends about once (gather would add a
+    future and a callback per command); every one is retrieved, the first error raised."""
+    out: list[Any] = []
+    error: BaseException | None = None
+    for fut in futs:
+        try:
+            out.append(await fut)
+        except Exception as e:  # noqa: BLE001 - raised below, after the others are read
+            error = error or e
+            out.append(e)
+    if error is not None:
+        raise error
+    return out
+
 def simulated_answer(offer: str) -> str:
     """An RFC 3264 answer accepting the first audio codec of ``offer`` (for simulated parties)."""
     pt, rtpmap = "0", "a=rtpmap:0 PCMU/8000"
@@ -282,11 +298,7 @@ class CallEngine:
                 if not futs:
                     await asyncio.wait([fut])
             futs.append(fut)
-        replies = await asyncio.gather(*futs, return_exceptions=True)
-        for r in replies:
-            if isinstance(r, BaseException):
-                raise r
-        return replies
+        return await _replies(futs)
 
     async def _command(self, *args: Any) -> Any:
         pipe = self._pipe
