@@ -2,7 +2,9 @@
 
 All state is in Redis (key schema: ``gateway/backend/reference/SCHEMA.md``), so
 several backend processes may share one store; only the no-answer and
-simulated-party timers live in the process that created the call.
+simulated-party timers live in the process that created the call, with a cache of
+what never changes in it (``_KnownCall``) that spares its ringing, answer and hangup
+a read.
 
 Routing follows a forking proxy (RFC 3261 §16.7): a call to a user is offered
 to every online, non-DND endpoint of that user; the first 2xx (answer) wins and
