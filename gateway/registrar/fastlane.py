@@ -41,6 +41,7 @@ from gateway.registrar.auth import AuthStatus
 from gateway.registrar.bindings import Binding, BindingOp, RegisterUpdate
 from gateway.registrar.devices import AuthRecord
 from gateway.registrar.registrar import (
+    CRED_CACHE_TTL,
     Registrar,
     Registration,
     _ascii,
@@ -250,7 +251,7 @@ class FastLane:
             return True
         username = creds.username[:128]
         hit = reg._ha1_cache.get(username)
-        if hit is None or now - hit[1] >= 30.0:
+        if hit is None or now - hit[1] >= CRED_CACHE_TTL:
             pending = reg._prefetching.get(username)
             if pending is None:
                 return None

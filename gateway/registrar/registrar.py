@@ -112,10 +112,14 @@ class RegistrarMetrics:
                                      "source addresses currently blocked", registry=registry)
 
 
-# How long a prefetched credential record is trusted for checking a digest (s); the
-# register script re-checks the HA1 at write time, so this bounds only extra work.
-_CRED_CACHE_TTL = 30.0
-_CRED_CACHE_MAX = 200_000
+# How long a fetched credential record is trusted for checking a digest (s). The
+# register script re-checks the HA1 at write time ("cred") and a failed check on a
+# cached record re-reads it, so a changed password or a new device is never refused for
+# it: the TTL bounds only extra work. Long enough that a phone's hourly refresh (and
+# the keep-alive rounds between) usually finds its record.
+CRED_CACHE_TTL = 600.0
+_CRED_CACHE_TTL = CRED_CACHE_TTL
+_CRED_CACHE_MAX = 100_000
 _PREFETCH_MAX = 2_000  # credential reads in flight at once
 _LOCAL_BLOCK_MAX = 10.0  # s a node answers a blocked source's challenges without Redis
 _HA1_FIELD = {"MD5": "ha1_md5", "SHA-256": "ha1_sha256"}
