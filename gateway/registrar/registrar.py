@@ -406,24 +406,38 @@ class Registrar:
         """Live bindings of a device AOR, or of every device of a paired user's AOR."""
         now = self.clock()
         aor = _norm_aor(aor)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hvals(keys.bindings(aor))
-        pipe.smembers(keys.user_devices(aor))
-        own_raw, members = await asyncio.wait_for(pipe.execute(), self.config.store_timeout)
+        own_raw, members = await self._commands(("HVALS", keys.bindings(aor)),
+                                                ("SMEMBERS", keys.user_devices(aor)))
         from gateway.registrar.bindings import _decode_live
         out = _decode_live(own_raw, now)
         if len(out) != len(own_raw):
             await self.store.purge(aor, now)  # lazy purge: expired bindings found on read
         if members:
-            pipe = self.redis.pipeline(transaction=False)
             ids = sorted(m.decode() for m in members)
-            for i in ids:
-                pipe.hmget(keys.device(i), "sip_username", "realm")
-            aors = [f"sip:{u.decode()}@{r.decode()}" for u, r in await pipe.execute()
-                    if u and r]
-            for bl in (await self.store.get_many(aors, now)).values():
-                out.extend(bl)
+            found = await self._commands(*(("HMGET", keys.device(i), "sip_username", "realm")
+                                           for i in ids))
+            aors = [f"sip:{u.decode()}@{r.decode()}" for u, r in found if u and r]
+            for raw in await self._commands(*(("HVALS", keys.bindings(a)) for a in aors)):
+                out.extend(_decode_live(raw, now))
         return out
+
+    async def _commands(self, *commands: tuple[str, ...]) -> list[Any]:
+        """Several reads in one round trip: over the store's pipelined connection (one
+        write, its own deadline), else a redis-py pipeline under the store timeout."""
+        if not commands:
+            return []
+        pipe = self.store.pipe
+        if pipe is not None:
+            first = pipe.send_now(*commands[0])
+            if first is None:  # not connected yet: execute connects first
+                return [await pipe.execute(*c) for c in commands]
+            sent = [first, *(pipe.send_now(*c) for c in commands[1:])]
+            return [await f for f in sent]  # type: ignore[misc]  # all queued on one write
+        p = self.redis.pipeline(transaction=False)
+        for c in commands:
+            p.execute_command(*c)
+        async with asyncio.timeout(self.config.store_timeout):
+            return list(await p.execute())
 
     async def sweep_expired(self, now: float | None = None) -> int:
         """Periodic: purge expired bindings and refresh the gauges."""
