@@ -45,6 +45,10 @@ from gateway.tasks import TaskSet
 log = logging.getLogger("sipgw")
 
 _LOCAL_WARNING = '399 sipgw-local "'
+# new out-of-dialog requests refused while the node is behind (gateway.ops.overload)
+_SHEDDABLE = frozenset({"INVITE", "REGISTER", "OPTIONS", "SUBSCRIBE", "MESSAGE", "PUBLISH",
+                        "REFER", "NOTIFY"})
+_OVERLOADED = "overloaded, try again later"
 
 
 def is_local_failure(response: SipResponse) -> bool:
@@ -106,6 +110,9 @@ class Gateway:
         self.backend: Any = None
         self.registrar: Any = None
         self.fast_lane: Any = None
+        self.overload: Any = None  # gateway.ops.overload.Overload when shedding is on
+        self.b2bua: Any = None
+        self._shed_counter: Any = None
         self.devices: Any = None
         self._tasks = TaskSet(log, "gateway")
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
@@ -166,6 +173,10 @@ class Gateway:
         )
         self.stack = SipStack(stack_cfg)
         self.driver = SipDriver(self.stack, self._on_event, self.reactor, self.sip_metrics)
+        if s.shed_backlog_kib > 0:
+            from gateway.ops.overload import Overload
+
+            self.overload = Overload(self.driver.udp_backlog, s.shed_backlog_kib * 1024)
         for host in s.hosts:
             if s.udp_port >= 0:
                 port = self.driver.listen_udp(host, s.udp_port)
@@ -312,9 +323,7 @@ class Gateway:
             self.fast_lane = FastLane(registrar, node_id, self.driver.send_datagram,
                                       self.driver.receive_general,
                                       server=self.stack.config.server_header,
-                                      registry=self.registry,
-                                      backlog=self.driver.udp_backlog,
-                                      shed_bytes=r.shed_backlog_kib * 1024)
+                                      registry=self.registry, overload=self.overload)
             self.driver.udp_fast = self.fast_lane.take
         self._every(r.sweep_interval, registrar.sweep_expired, "binding sweep")
         self._every(r.offboard_interval, registrar.offboard_stale, "stale-device sweep")
@@ -475,6 +484,9 @@ class Gateway:
             self.driver.respond(event.key, rejection)
             return
         method = request.method
+        if self.overload is not None and method in _SHEDDABLE and self._shed(request):
+            self.driver.respond(event.key, self._overloaded(request, tag))
+            return
         immediate = self._immediate.get(method)
         if immediate is not None:
             self._run_immediate(immediate, event)
@@ -493,6 +505,33 @@ class Gateway:
                 self.driver.respond(event.key, not_allowed(request, tag=tag))
             return
         self._spawn(self._await_response(handler(event), event, tag))
+
+    def _shed(self, request: SipRequest) -> bool:
+        """Refuse this new request because the node is behind? Never an in-dialog request,
+        a REGISTER answering a challenge, or an emergency call."""
+        assert self.overload is not None
+        if request.to.tag is not None or not self.overload.behind():
+            return False
+        if request.method == "REGISTER":
+            return "Authorization" not in request.headers
+        if request.method == "INVITE" and self.b2bua is not None:
+            from gateway.b2bua.dialplan import TargetKind
+
+            if self.b2bua.dialplan.classify(request.uri.user).kind is TargetKind.EMERGENCY:
+                return False
+        return True
+
+    def _overloaded(self, request: SipRequest, tag: str) -> SipResponse:
+        if self._shed_counter is None:
+            from prometheus_client import Counter
+
+            self._shed_counter = Counter(
+                "sipgw_requests_shed", "new requests refused with 503 while the node was "
+                "behind (unread UDP backlog)", ["method"], registry=self.registry)
+        self._shed_counter.labels(request.method).inc()
+        retry = 20 + int.from_bytes(os.urandom(1), "big") % 20  # spread the returns
+        return build_response(request, 503, to_tag=tag, headers=[
+            ("Retry-After", str(retry)), ("Warning", f'399 sipgw "{_OVERLOADED}"')])
 
     def _run_immediate(self, handler: ImmediateHandler, event: RequestReceived) -> None:
         try:

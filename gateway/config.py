@@ -47,6 +47,11 @@ class SipConfig:
     max_connections_per_ip: int = 200
     idle_timeout: float = 60.0
     server_header: str = "sipgw/0.1"
+    # Overload: with this many KiB of UDP datagrams waiting unread the node is behind, and
+    # new out-of-dialog requests (REGISTER without credentials, INVITE but emergency
+    # calls, OPTIONS, SUBSCRIBE ...) get 503 with Retry-After while work under way is
+    # finished; 0 = never refuse
+    shed_backlog_kib: int = 1024
 
 
 @dataclass
@@ -120,9 +125,6 @@ class RegistrarSettings:
     # Everyday UDP REGISTERs answered straight from the datagram (same decisions, a
     # fraction of the CPU); false sends every REGISTER through the general SIP path
     fast_lane: bool = True
-    # Overload: with this many KiB of datagrams waiting unread, new REGISTERs get 503 with
-    # Retry-After (registrations under way are still served); 0 = never shed
-    shed_backlog_kib: int = 1024
     # digest algorithms challenged with, in preference order (RFC 8760): "MD5" and/or
     # "SHA-256" (a 401 then carries one WWW-Authenticate per algorithm)
     digest_algorithms: list[str] = field(default_factory=lambda: ["MD5"])

@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from redis.exceptions import NoScriptError
 
+from gateway.ops.overload import Overload
 from gateway.registrar.auth import AuthStatus
 from gateway.registrar.bindings import Binding, BindingOp, RegisterUpdate
 from gateway.registrar.devices import AuthRecord
@@ -159,7 +160,7 @@ class FastLane:
                  send: Callable[[bytes, Peer], None],
                  general: Callable[[bytes, Peer], None], *, server: str | None = None,
                  registry: CollectorRegistry | None = None,
-                 backlog: Callable[[], int] | None = None, shed_bytes: int = 0,
+                 overload: Overload | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.registrar = registrar
         self.node_id = node_id
@@ -177,14 +178,10 @@ class FastLane:
         self.handed_over = 0  # REGISTERs of the plain shape the general path answered
         self.replayed = 0  # retransmissions answered from the replay cache
         self.shed = 0  # new REGISTERs refused with 503 while the node was behind
-        # RFC 3261 §21.5.4 / RFC 5390: once ``shed_bytes`` of datagrams wait unread, new
-        # registrations get 503 + Retry-After (cheap, and phones back off) while the ones
-        # under way, whose challenge was already paid for, are still served; shedding
-        # stops when the backlog is half that again.
-        self._backlog = backlog if shed_bytes > 0 else None
-        self._shed_bytes = shed_bytes
-        self._shedding = False
-        self._backlog_at = 0.0
+        # RFC 3261 §21.5.4: while the node is behind, new registrations get 503 and
+        # Retry-After (cheap, and phones back off); the ones under way, whose challenge
+        # was already paid for, are still served.
+        self._overload = overload
         if registry is not None:
             registry.register(_Collector(self))
 
@@ -228,7 +225,7 @@ class FastLane:
         if reg.pending >= reg.config.max_pending:
             return None
         if req.authorization is None:
-            if self._backlog is not None and self._behind(now):
+            if self._overload is not None and self._overload.behind():
                 self.shed += 1
                 reg._count_status(503)
                 self._send(render_response(
@@ -262,20 +259,6 @@ class FastLane:
                 lambda _: self._resume(req, data, peer, key, creds, check, now))
             return True
         return self._authorised(req, data, peer, key, creds, check, hit[0], now)
-
-    def _behind(self, now: float) -> bool:
-        """Whether to shed new registrations: the receive backlog, read every 10 ms."""
-        if now - self._backlog_at >= 0.01:
-            self._backlog_at = now
-            assert self._backlog is not None
-            queued = self._backlog()
-            limit = self._shed_bytes // 2 if self._shedding else self._shed_bytes
-            if (queued > limit) != self._shedding:
-                self._shedding = not self._shedding
-                log.warning("registrar %s: %d bytes of datagrams waiting unread",
-                            "shedding new registrations with 503" if self._shedding
-                            else "no longer shedding", queued)
-        return self._shedding
 
     def _resume(self, req: LeanRegister, data: bytes, peer: Peer, key: tuple[str, str, int],
                 creds: DigestCredentials, check: NonceCheck, now: float) -> None:

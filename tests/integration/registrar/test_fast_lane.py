@@ -113,7 +113,7 @@ def test_overload_sheds_new_registrations_with_503(tmp_path: Path, redis_url: st
     """A burst far beyond what the node reads at once: new REGISTERs get 503 + Retry-After
     (none is lost or left unanswered), and once the backlog is drained phones register."""
     (user, pw), = provision(redis_url, 1, prefix=0x6B0000)
-    cfg = overrides(redis={"url": redis_url}, registrar={"shed_backlog_kib": 16})
+    cfg = overrides(redis={"url": redis_url}, sip={"shed_backlog_kib": 16})
     with GatewayProcess(tmp_path, cfg) as gw:
         host, port = gw.sip("udp")
         burst = 1500
