@@ -51,7 +51,7 @@ class SipConfig:
     # new out-of-dialog requests (REGISTER without credentials, INVITE but emergency
     # calls, OPTIONS, SUBSCRIBE ...) get 503 with Retry-After while work under way is
     # finished; 0 = never refuse
-    shed_backlog_kib: int = 1024
+    shed_backlog_kib: int = 2048
 
 
 @dataclass
