@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,10 +107,12 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """User+system CPU time of a process and all its live descendants."""
+def cpu_seconds(pid: int, skip: Collection[int] = ()) -> float:
+    """User+system CPU time of a process and all its live descendants (but ``skip``)."""
     total = 0
     for p in _descendants(pid):
+        if p in skip:
+            continue
         with contextlib.suppress(OSError):
             stat = Path(f"/proc/{p}/stat").read_text()
             fields = stat.rpartition(")")[2].split()
@@ -245,6 +248,7 @@ class GatewayServer(Server):
         self.host = "127.0.0.1"
         self.port = 0
         self.pid = 0
+        self.cpu_skip: tuple[int, ...] = ()  # child processes not counted as server CPU
 
     def start(self) -> GatewayServer:
         self.gw.start()

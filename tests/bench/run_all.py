@@ -230,11 +230,12 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
             time.sleep(0.3)
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         peer0 = cpu_seconds(load.peer_pid) if load.peer_pid else 0.0
-        cpu0, t0 = cpu_seconds(server.pid), time.monotonic()
+        skip = getattr(server, "cpu_skip", ())  # a store moved off the server core
+        cpu0, t0 = cpu_seconds(server.pid, skip), time.monotonic()
         sipp.start()
         watcher.start()
         result = sipp.wait()
-        cpu1, t1 = cpu_seconds(server.pid), time.monotonic()
+        cpu1, t1 = cpu_seconds(server.pid, skip), time.monotonic()
         peer1 = cpu_seconds(load.peer_pid) if load.peer_pid else 0.0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         probe_result = pr.result() if pr is not None else {}
@@ -462,6 +463,7 @@ def _store_to_load_core(g: GatewayServer) -> None:
                                   check=False, capture_output=True)
             if done.returncode == 0:
                 moved.append(pid)
+    g.cpu_skip = tuple(int(p) for p in moved)  # server cpu: the gateway process alone
     say(f"  sipgw: its Valkey (pid {', '.join(moved) or 'none found'}) moved to core "
         f"{LOAD_CORE}; the gateway process alone on core {SERVER_CORE}")
 
