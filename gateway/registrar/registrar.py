@@ -43,6 +43,7 @@ from gateway.sip.message import SipRequest, SipResponse, build_response
 from gateway.sip.peer import Peer
 from gateway.sip.uri import Uri
 from gateway.state import keys
+from gateway.state.pipe import run_commands
 
 log = logging.getLogger(__name__)
 
@@ -422,22 +423,13 @@ class Registrar:
         return out
 
     async def _commands(self, *commands: tuple[str, ...]) -> list[Any]:
-        """Several reads in one round trip: over the store's pipelined connection (one
-        write, its own deadline), else a redis-py pipeline under the store timeout."""
-        if not commands:
-            return []
+        """Several reads in one round trip (the pipe's own deadline; redis-py's under the
+        store timeout where the store is not plain)."""
         pipe = self.store.pipe
         if pipe is not None:
-            first = pipe.send_now(*commands[0])
-            if first is None:  # not connected yet: execute connects first
-                return [await pipe.execute(*c) for c in commands]
-            sent = [first, *(pipe.send_now(*c) for c in commands[1:])]
-            return [await f for f in sent]  # type: ignore[misc]  # all queued on one write
-        p = self.redis.pipeline(transaction=False)
-        for c in commands:
-            p.execute_command(*c)
+            return await pipe.commands(commands)
         async with asyncio.timeout(self.config.store_timeout):
-            return list(await p.execute())
+            return await run_commands(None, self.redis, commands)
 
     async def sweep_expired(self, now: float | None = None) -> int:
         """Periodic: purge expired bindings and refresh the gauges."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import hiredis
@@ -44,6 +45,35 @@ def _pack_py(args: tuple[Any, ...]) -> bytes:
         b = a if isinstance(a, bytes) else str(a).encode("utf-8", "surrogateescape")
         out.append(b"$%d\r\n%s\r\n" % (len(b), b))
     return b"".join(out)
+
+
+async def replies(futs: Sequence[Awaitable[Any]]) -> list[Any]:
+    """The replies of commands sent together, in order. They arrive in order on one
+    connection, so awaiting them one by one suspends about once (gather would add a
+    future and a callback per command); every one is retrieved, the first error raised."""
+    out: list[Any] = []
+    error: BaseException | None = None
+    for fut in futs:
+        try:
+            out.append(await fut)
+        except Exception as e:  # noqa: BLE001 - raised below, after the others are read
+            error = error or e
+            out.append(e)
+    if error is not None:
+        raise error
+    return out
+
+
+async def run_commands(pipe: RespPipe | None, redis: Any, cmds: Sequence[tuple[Any, ...]],
+                       ) -> list[Any]:
+    """``cmds`` in one round trip: over ``pipe`` where the store has one, else a redis-py
+    pipeline on ``redis`` (Sentinel, TLS)."""
+    if pipe is not None:
+        return await pipe.commands(cmds)
+    rp = redis.pipeline(transaction=False)
+    for c in cmds:
+        rp.execute_command(*c)
+    return list(await rp.execute())
 
 
 class _Protocol(asyncio.Protocol):
@@ -193,6 +223,16 @@ class RespPipe:
         if self._transport is None or self._transport.is_closing():
             await self._ensure()
         return await self._send(args)
+
+    async def commands(self, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """Run ``cmds`` in one write, in order (no MULTI); their raw replies. Every reply
+        is read before the first error reply is raised."""
+        if not cmds:
+            return []
+        first = self.send_now(*cmds[0])
+        if first is None:  # not connected yet: the first command connects
+            return [await self.execute(*cmds[0]), *(await self.commands(cmds[1:]))]
+        return await replies([first, *(self._send(c) for c in cmds[1:])])
 
     def _fail_all(self, err: Exception) -> None:
         self._out.clear()

@@ -51,7 +51,7 @@ from gateway.backend.schema import (
     Target,
 )
 from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer
-from gateway.state.pipe import RespPipe
+from gateway.state.pipe import RespPipe, run_commands
 
 log = logging.getLogger("sipgw.backend")
 
@@ -145,22 +145,6 @@ def _xadd(key: str, event: Event) -> tuple[Any, ...]:
     return ("XADD", key, "MAXLEN", "~", EVENTS_MAXLEN, "*", "e",
             json.dumps(event.to_json(), separators=(",", ":")))
 
-
-async def _replies(futs: list[Any]) -> list[Any]:
-    """The replies of commands sent together, in order. They arrive in order on one
-    connection, so awaiting them one by one suspends about once (gather would add a
-    future and a callback per command); every one is retrieved, the first error raised."""
-    out: list[Any] = []
-    error: BaseException | None = None
-    for fut in futs:
-        try:
-            out.append(await fut)
-        except Exception as e:  # noqa: BLE001 - raised below, after the others are read
-            error = error or e
-            out.append(e)
-    if error is not None:
-        raise error
-    return out
 
 def simulated_answer(offer: str) -> str:
     """An RFC 3264 answer accepting the first audio codec of ``offer`` (for simulated parties)."""
@@ -286,21 +270,7 @@ class CallEngine:
     async def _commands(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``cmds`` in one round trip, in order (no MULTI); their raw replies.
         An error reply raises once every reply is in."""
-        pipe = self._pipe
-        if pipe is None:
-            rp = self.redis.pipeline(transaction=False)
-            for c in cmds:
-                rp.execute_command(*c)
-            return list(await rp.execute())
-        futs: list[Any] = []
-        for c in cmds:
-            fut = pipe.send_now(*c)
-            if fut is None:  # not connected yet: the first command connects
-                fut = asyncio.ensure_future(pipe.execute(*c))
-                if not futs:
-                    await asyncio.wait([fut])
-            futs.append(fut)
-        return await _replies(futs)
+        return await run_commands(self._pipe, self.redis, cmds)
 
     async def _command(self, *args: Any) -> Any:
         pipe = self._pipe
