@@ -42,7 +42,6 @@ from gateway.registrar.auth import AuthStatus
 from gateway.registrar.bindings import Binding, BindingOp, RegisterUpdate
 from gateway.registrar.devices import AuthRecord
 from gateway.registrar.registrar import (
-    CRED_CACHE_TTL,
     Registrar,
     Registration,
     _ascii,
@@ -246,10 +245,8 @@ class FastLane:
             reg._admit_locally(peer.host, now)
             self._challenge(req, peer, now, stale=False)
             return True
-        username = creds.username[:128]
-        hit = reg._ha1_cache.get(username)
-        if hit is None or now - hit[1] >= CRED_CACHE_TTL:
-            pending = reg._prefetching.get(username)
+        known, record, pending = reg.cached_auth(creds.username[:128], now)
+        if not known:
             if pending is None:
                 return None
             # The answer to the 401 usually overtakes the prefetch: carry on when it lands.
@@ -258,16 +255,16 @@ class FastLane:
             pending.add_done_callback(
                 lambda _: self._resume(req, data, peer, key, creds, check, now))
             return True
-        return self._authorised(req, data, peer, key, creds, check, hit[0], now)
+        return self._authorised(req, data, peer, key, creds, check, record, now)
 
     def _resume(self, req: LeanRegister, data: bytes, peer: Peer, key: tuple[str, str, int],
                 creds: DigestCredentials, check: NonceCheck, now: float) -> None:
         reg = self.registrar
         reg.pending -= 1
-        hit = reg._ha1_cache.get(creds.username[:128])
-        try:
-            done = hit is not None and self._authorised(req, data, peer, key, creds, check,
-                                                        hit[0], now)
+        known, record, _ = reg.cached_auth(creds.username[:128], now)
+        try:  # without a record the prefetch failed: the general path reads afresh
+            done = known and self._authorised(req, data, peer, key, creds, check, record,
+                                              now)
         except Exception as e:  # noqa: BLE001 - handed over, never lost
             if not isinstance(e, (_Reject, SipParseError, DigestError)):
                 log.error("fast lane failed; handing the REGISTER over", exc_info=e)

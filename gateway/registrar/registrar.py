@@ -280,10 +280,8 @@ class Registrar:
         right, firmware admitted, pipe up. The script's reply completes a future through a
         callback (into ``out`` when given). None: anything else, for the coroutine
         (``_finish``) to do in full."""
-        username = creds.username[:128]
-        hit = self._ha1_cache.get(username)
-        if hit is None or now - hit[1] >= _CRED_CACHE_TTL:
-            pending = self._prefetching.get(username)
+        known, auth, pending = self.cached_auth(creds.username[:128], now)
+        if not known:
             if pending is None:
                 return None
             # The usual case under load: the answer to the 401 overtakes the prefetch.
@@ -292,7 +290,6 @@ class Registrar:
             pending.add_done_callback(lambda _: self._resume(wait, request, peer, node_id,
                                                              creds, check, now))
             return wait
-        auth = hit[0]
         if auth is None:
             return None
         status = self.auth.verify_with(creds, request.method, auth.ha1, check)
@@ -313,6 +310,15 @@ class Registrar:
         raw.add_done_callback(lambda r: self._applied(r, done, request, peer, update, ctx,
                                                       now))
         return done
+
+    def cached_auth(self, username: str, now: float,
+                    ) -> tuple[bool, AuthRecord | None, asyncio.Future[Any] | None]:
+        """(known, record, pending): a record fetched less than ``CRED_CACHE_TTL`` ago
+        (``known``; None for no such user), else the prefetch in flight, if any."""
+        hit = self._ha1_cache.get(username)
+        if hit is not None and now - hit[1] < _CRED_CACHE_TTL:
+            return True, hit[0], None
+        return False, None, self._prefetching.get(username)
 
     def _resume(self, out: asyncio.Future[SipResponse], request: SipRequest, peer: Peer,
                 node_id: str, creds: DigestCredentials, check: NonceCheck, now: float) -> None:
