@@ -469,6 +469,15 @@ class Gateway:
         elif self._on_client_event(event):
             return
         elif isinstance(event, AckReceived):
+            now = self._immediate.get("ACK")
+            if now is not None:
+                # an ACK is answered by nothing: a plain call, no task per call
+                try:
+                    now(RequestReceived(key=None, request=event.request,  # type: ignore[arg-type]
+                                        peer=event.peer))
+                except Exception:  # noqa: BLE001
+                    log.exception("ACK handler failed")
+                return
             handler = self._handlers.get("ACK")
             if handler is not None:
                 self._spawn(self._run_ack(handler, event))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import logging
 from collections.abc import Mapping
@@ -36,6 +35,7 @@ from gateway.state.pipe import RespPipe
 log = logging.getLogger("sipgw.b2bua")
 
 LEG_TTL = 4 * 3600  # an established leg survives this long without any refresh
+EVENT_POSITION_DELAY = 0.05  # seconds of backend event positions written at once
 PREFIX = "b2b:"
 
 
@@ -60,6 +60,12 @@ class Leg:
     created: float = 0.0
     answered: float = 0.0
     extra: dict[str, str] = field(default_factory=dict)
+
+    def clone(self) -> Leg:
+        """A shallow copy (what ``copy.copy`` makes, without its reduce protocol)."""
+        twin = Leg.__new__(Leg)
+        twin.__dict__.update(self.__dict__)
+        return twin
 
     # -- typed views ---------------------------------------------------------------
     def get_dialog(self) -> Dialog:
@@ -106,7 +112,8 @@ class LegStore:
     """Legs in Redis (key schema in the module docstring); one round trip per operation."""
 
     def __init__(self, redis: Any, prefix: str = PREFIX, ttl: int = LEG_TTL,
-                 local_max: int = 200_000) -> None:
+                 local_max: int = 200_000, event_delay: float = EVENT_POSITION_DELAY
+                 ) -> None:
         self.redis = redis
         self.p = prefix
         self.ttl = ttl
@@ -117,6 +124,7 @@ class LegStore:
         self._local_max = local_max
         self._last_event: dict[str, str] = {}
         self._event_writer: dict[str, Any] = {}
+        self.event_delay = event_delay
         # The writes of every call go over the registrar's pipelined connection where the
         # store is plain Redis/Valkey (redis-py's per-command pool checkout and layers cost
         # more than the commands); Sentinel/TLS stores keep redis-py.
@@ -155,7 +163,7 @@ class LegStore:
         elif old is not None and old.dialog_key != leg.dialog_key:
             self._local_dlg.pop(old.dialog_key, None)
         # a copy: callers change the legs they get and save them only on success
-        self._local[leg.leg_id] = copy.copy(leg)
+        self._local[leg.leg_id] = leg.clone()
         self._local_dlg[leg.dialog_key] = leg.leg_id
         self._local_call.setdefault(leg.backend_call_id, set()).add(leg.leg_id)
 
@@ -199,7 +207,7 @@ class LegStore:
     async def get(self, leg_id: str) -> Leg | None:
         mine = self._local.get(leg_id)
         if mine is not None:
-            return copy.copy(mine)
+            return mine.clone()
         raw = await self.redis.get(self._leg(leg_id))
         if raw is None:
             return None
@@ -212,7 +220,7 @@ class LegStore:
         key = dialog_key(call_id, local_tag, remote_tag)
         mine = self._local_dlg.get(key)
         if mine is not None and mine in self._local:
-            return copy.copy(self._local[mine])
+            return self._local[mine].clone()
         leg_id = await self.redis.get(self._dlg(key))
         if leg_id is None:
             return None
@@ -222,7 +230,7 @@ class LegStore:
         mine = self._local_call.get(backend_call_id)
         if mine:
             # a call's legs on other nodes are theirs to end (their own events reach them)
-            return [copy.copy(self._local[i]) for i in sorted(mine) if i in self._local]
+            return [self._local[i].clone() for i in sorted(mine) if i in self._local]
         ids = await self.redis.smembers(self._call(backend_call_id))
         out: list[Leg] = []
         for raw in sorted(ids):
@@ -260,8 +268,10 @@ class LegStore:
 
     def note_last_event(self, node_id: str, event_id: str) -> None:
         """Record the backend event position without a write per event: one writer per
-        node keeps at most one SET in flight and always writes the newest id, so a burst
-        of events costs one round trip and a quiet stream is saved at once."""
+        node gathers the positions of ``EVENT_POSITION_DELAY`` and writes the newest,
+        so a call's handful of events costs one SET among those of every other call
+        (a write is a syscall and a store wake-up); a restart replays at most that
+        much more of the stream, which the handlers take as repeats."""
         self._last_event[node_id] = event_id
         task = self._event_writer.get(node_id)
         if task is None or task.done():
@@ -270,6 +280,7 @@ class LegStore:
     async def _write_events(self, node_id: str) -> None:
         written = ""
         while True:
+            await asyncio.sleep(self.event_delay)
             latest = self._last_event.get(node_id, "")
             if latest == written:
                 return

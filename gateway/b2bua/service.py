@@ -256,7 +256,7 @@ class B2BUA:
         gw = self.gw
         gw.registrar.listeners.append(self._on_registration)
         gw.on_request("INVITE", self._handle_invite_request)
-        gw.on_request("ACK", self._handle_ack_request)
+        gw.on_request_now("ACK", self._on_ack)
         gw.on_request("BYE", self._handle_bye_request)
         gw.on_request("CANCEL", self._handle_cancel_request)
         gw.on_request("UPDATE", self._handle_update_request)
@@ -390,9 +390,23 @@ class B2BUA:
             username = request.from_.uri.user_unescaped or ""
         except SipParseError:
             username = ""
-        device = await self.gw.devices.get_by_username(username) if username else None
+        device = None
+        if username:
+            # The AOR is almost always the username at our realm: its bindings are read in
+            # the same store write as the device (the task is queued before the device
+            # read schedules that write).
+            guess = f"sip:{username}@{self.gw.devices.realm}"
+            early = asyncio.ensure_future(registrar.lookup(guess))
+            try:
+                device = await self.gw.devices.get_by_username(username)
+            finally:
+                if device is None or device.aor != guess:
+                    early.cancel()
+                    await asyncio.gather(early, return_exceptions=True)
         if device is not None:
-            for b in await registrar.lookup(device.aor):
+            bindings = await early if device.aor == guess else \
+                await registrar.lookup(device.aor)
+            for b in bindings:
                 src = b.source
                 if (src.flow is not None and src.flow == peer.flow) or (
                         src.transport == peer.transport and src.host == peer.host
@@ -644,6 +658,7 @@ class B2BUA:
         self.metrics.final("out", 200)
         self.metrics.setup_time("out", self._now() - out.started)
         self.metrics.active.inc()
+        self._expect_ack(response)
         self._respond(out.event.key, response)
         self._spawn(self._await_ack(out.event.key, response, leg))
 
@@ -659,12 +674,21 @@ class B2BUA:
         # uac/uas refer to the roles on the dialog-creating INVITE
         return (leg.refresher == "uas") == (leg.direction == "out")
 
+    def _expect_ack(self, response: SipResponse) -> asyncio.Event:
+        """The event the ACK of this 2xx sets. ACKs are handled at once (no task), so
+        it is registered before the 2xx goes out, not when the waiting task first runs."""
+        ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
+        ev = self._acks.get(ack_key)
+        if ev is None:
+            ev = self._acks[ack_key] = asyncio.Event()
+        return ev
+
     async def _await_ack(self, key: TransactionKey, response: SipResponse, leg: Leg | None,
                          *, peer_reliable: bool | None = None) -> bool:
         """RFC 3261 §13.3.1.4: retransmit the 2xx (T1 doubling to T2) until the ACK; no
         ACK within 64*T1 ends the dialog with a BYE."""
         ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
-        ev = self._acks.setdefault(ack_key, asyncio.Event())
+        ev = self._expect_ack(response)
         reliable = peer_reliable if peer_reliable is not None else (
             leg is not None and leg.get_peer().reliable)
         interval, waited, limit = self.config.t1, 0.0, 64 * self.config.t1
@@ -732,6 +756,7 @@ class B2BUA:
                                   body=body, content_type="application/sdp")
         dialog = Dialog.from_uas(request, response, tag, contact)
         self._local[dialog.key] = dialog
+        self._expect_ack(response)
         self._respond(event.key, response)
 
         async def run() -> None:
@@ -750,7 +775,7 @@ class B2BUA:
         self._spawn(run())
 
     # -- ACK ------------------------------------------------------------------------------
-    async def _handle_ack_request(self, event: RequestReceived) -> None:
+    def _on_ack(self, event: RequestReceived) -> None:
         request = event.request
         try:
             key = (request.call_id, request.to.tag or "", request.cseq.number)
@@ -760,6 +785,9 @@ class B2BUA:
         if ev is not None:
             ev.set()
         return None
+
+    async def _handle_ack_request(self, event: RequestReceived) -> None:
+        self._on_ack(event)
 
     def _on_stray(self, event: StrayResponse) -> None:
         """A 2xx retransmission after our INVITE transaction ended: ACK it again (§13.2.2.4)."""
@@ -861,6 +889,7 @@ class B2BUA:
             return build_response(request, 481)
         response = await self._target_refresh(request, leg, event.peer)
         if response.status == 200:
+            self._expect_ack(response)
             self._respond(event.key, response)
             self._spawn(self._await_ack(event.key, response, None,
                                         peer_reliable=event.peer.reliable))
