@@ -519,7 +519,7 @@ class Gateway:
         """Refuse this new request because the node is behind? Never an in-dialog request,
         a REGISTER answering a challenge, or an emergency call."""
         assert self.overload is not None
-        if request.to.tag is not None or not self.overload.behind():
+        if not self.overload.behind() or request.to.tag is not None:
             return False
         if request.method == "REGISTER":
             return "Authorization" not in request.headers
