@@ -35,7 +35,7 @@ from gateway.state.pipe import RespPipe
 log = logging.getLogger("sipgw.b2bua")
 
 LEG_TTL = 4 * 3600  # an established leg survives this long without any refresh
-EVENT_POSITION_DELAY = 0.05  # seconds of backend event positions written at once
+EVENT_POSITION_DELAY = 0.02  # seconds of backend event positions written at once
 PREFIX = "b2b:"
 
 
@@ -270,8 +270,9 @@ class LegStore:
         """Record the backend event position without a write per event: one writer per
         node gathers the positions of ``EVENT_POSITION_DELAY`` and writes the newest,
         so a call's handful of events costs one SET among those of every other call
-        (a write is a syscall and a store wake-up); a restart replays at most that
-        much more of the stream, which the handlers take as repeats."""
+        (a write is a syscall and a store wake-up). A node that dies without ``stop``
+        is resumed up to that much earlier in the stream (before, by the one SET in
+        flight); ``stop`` writes the newest position."""
         self._last_event[node_id] = event_id
         task = self._event_writer.get(node_id)
         if task is None or task.done():
