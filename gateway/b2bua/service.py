@@ -392,9 +392,9 @@ class B2BUA:
             username = ""
         device = None
         if username:
-            # The AOR is almost always the username at our realm: its bindings are read in
-            # the same store write as the device (the task is queued before the device
-            # read schedules that write).
+            # The AOR is almost always the username at our realm: its bindings are read
+            # alongside the device, one round trip instead of two (the task is queued
+            # before the device read, so both go out in the same loop turn).
             guess = f"sip:{username}@{self.gw.devices.realm}"
             early = asyncio.ensure_future(registrar.lookup(guess))
             try:
