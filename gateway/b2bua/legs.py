@@ -112,8 +112,8 @@ class LegStore:
     """Legs in Redis (key schema in the module docstring); one round trip per operation."""
 
     def __init__(self, redis: Any, prefix: str = PREFIX, ttl: int = LEG_TTL,
-                 local_max: int = 200_000, event_delay: float = EVENT_POSITION_DELAY
-                 ) -> None:
+                 local_max: int = 200_000, event_delay: float = EVENT_POSITION_DELAY,
+                 pipe: RespPipe | None = None) -> None:
         self.redis = redis
         self.p = prefix
         self.ttl = ttl
@@ -125,10 +125,12 @@ class LegStore:
         self._last_event: dict[str, str] = {}
         self._event_writer: dict[str, Any] = {}
         self.event_delay = event_delay
-        # The writes of every call go over the registrar's pipelined connection where the
-        # store is plain Redis/Valkey (redis-py's per-command pool checkout and layers cost
-        # more than the commands); Sentinel/TLS stores keep redis-py.
-        self._pipe = RespPipe.for_client(redis)
+        # The writes of every call go over a pipelined connection where the store is plain
+        # Redis/Valkey (redis-py's per-command pool checkout and layers cost more than the
+        # commands); Sentinel/TLS stores keep redis-py. A borrowed ``pipe`` (the
+        # registrar's) puts a loop turn's leg writes in the same write as its reads.
+        self._own_pipe = pipe is None
+        self._pipe = RespPipe.for_client(redis) if pipe is None else pipe
 
     async def _commands(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``cmds`` in one round trip, in order; their replies."""
@@ -152,7 +154,7 @@ class LegStore:
         return await _replies(futs)
 
     async def close(self) -> None:
-        if self._pipe is not None:
+        if self._pipe is not None and self._own_pipe:
             await self._pipe.close()
 
     def _remember(self, leg: Leg) -> None:

@@ -53,6 +53,7 @@ from gateway.sip.peer import Peer
 from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer, simple_answer
 from gateway.sip.stack import new_tag
 from gateway.sip.transaction import build_cancel
+from gateway.state.pipe import RespPipe
 from gateway.tasks import TaskSet
 
 log = logging.getLogger("sipgw.b2bua")
@@ -228,7 +229,10 @@ class B2BUA:
         self.config = config or B2buaConfig(t1=cfg.sip.t1, t2=cfg.sip.t2)
         self.dialplan = dialplan or DialPlan()
         self.domain = cfg.sip.domain
-        self.legs = LegStore(gateway.redis)
+        store = getattr(getattr(gateway, "registrar", None), "store", None)
+        shared = getattr(store, "pipe", None) if getattr(store, "redis", None) is \
+            gateway.redis else None
+        self.legs = LegStore(gateway.redis, pipe=shared if isinstance(shared, RespPipe) else None)
         self.metrics = B2buaMetrics(gateway.registry)
         self.feature_handlers: dict[Feature, FeatureHandler] = {}
         self._catalog = catalog
