@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.sip.dialog import Dialog
 from gateway.sip.peer import FlowId, Peer
-from gateway.state.pipe import RespPipe
+from gateway.state.pipe import RespPipe, run_commands
 
 log = logging.getLogger("sipgw.b2bua")
 
@@ -134,24 +134,7 @@ class LegStore:
 
     async def _commands(self, cmds: list[tuple[Any, ...]]) -> list[Any]:
         """Run ``cmds`` in one round trip, in order; their replies."""
-        pipe = self._pipe
-        if pipe is None:
-            rp = self.redis.pipeline(transaction=False)
-            for c in cmds:
-                rp.execute_command(*c)
-            return list(await rp.execute())
-        first = pipe.send_now(*cmds[0])
-        if first is None:  # not connected yet: the first command connects
-            return [await pipe.execute(*cmds[0]), *(await self._commands(cmds[1:]))] \
-                if len(cmds) > 1 else [await pipe.execute(*cmds[0])]
-        futs = [first]
-        for c in cmds[1:]:
-            fut = pipe.send_now(*c)
-            if fut is None:
-                futs.append(asyncio.ensure_future(pipe.execute(*c)))
-            else:
-                futs.append(fut)
-        return await _replies(futs)
+        return await run_commands(self._pipe, self.redis, cmds)
 
     async def close(self) -> None:
         if self._pipe is not None and self._own_pipe:
@@ -304,19 +287,3 @@ class LegStore:
         raw = await self.redis.get(f"{self.p}events:{node_id}")
         return "" if raw is None else (raw.decode() if isinstance(raw, bytes) else str(raw))
 
-
-async def _replies(futs: list[Any]) -> list[Any]:
-    """The replies of commands sent together, in order. They arrive in order on one
-    connection, so awaiting them one by one suspends about once (gather would add a
-    future and a callback per command); every one is retrieved, the first error raised."""
-    out: list[Any] = []
-    error: BaseException | None = None
-    for fut in futs:
-        try:
-            out.append(await fut)
-        except Exception as e:  # noqa: BLE001 - raised below, after the others are read
-            error = error or e
-            out.append(e)
-    if error is not None:
-        raise error
-    return out
