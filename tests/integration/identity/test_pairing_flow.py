@@ -116,7 +116,10 @@ async def test_sign_in_pairs_device_and_keeps_tokens_encrypted(
         assert env.binder.bound["mac-0004f2000001"].number == "+14255550101"
         assert [t.to_state for t in rec.history] == [PairingState.PAIRED, PairingState.PAIRING]
         assert rec.history[0].reason == "signed in as alice@contoso.example"
-        assert env.registry.get_sample_value("sipgw_paired_devices") == 1
+        # the gauge is recounted just after the transition is stored: wait for it
+        async def gauge_is(n: float) -> bool:
+            return env.registry.get_sample_value("sipgw_paired_devices") == n
+        await wait_for(lambda: gauge_is(1), timeout=5)
         assert env.registry.get_sample_value(
             "sipgw_pairing_results_total", {"result": "paired"}) == 1
 
@@ -161,7 +164,7 @@ async def test_sign_in_pairs_device_and_keeps_tokens_encrypted(
                                                           PairingState.SIGNING_OUT]
         assert "mac-0004f2000001" not in env.binder.bound
         assert await env.redis.get("sipgw:tokencache:mac-0004f2000001") is None
-        assert env.registry.get_sample_value("sipgw_paired_devices") == 0
+        await wait_for(lambda: gauge_is(0), timeout=5)
         assert env.registry.get_sample_value(
             "sipgw_token_refresh_failures_total", {"reason": "invalid_grant"}) == 1
 
