@@ -43,7 +43,6 @@ from gateway.registrar.bindings import Binding, BindingOp, RegisterUpdate
 from gateway.registrar.devices import AuthRecord
 from gateway.registrar.registrar import (
     Registrar,
-    Registration,
     _ascii,
     _bound_contact,
     _Ctx,
@@ -342,12 +341,7 @@ class FastLane:
                 self._respond_general(data, peer, key, now, lambda request: reg._conclude(
                     request, peer, result, ctx, now))
                 return
-            if reg.listeners:
-                state, _, user = result.detail.partition("\t")
-                reg._notify(Registration(
-                    aor=ctx.aor, device_id=ctx.device_id, username=ctx.username,
-                    node_id=ctx.node_id, source=peer, bindings=tuple(result.bindings),
-                    paired_user=user if state == "paired" else ""))
+            reg._registered(ctx, peer, result)
             lines = [f"Contact: {b.contact};expires={b.remaining(now)}\r\n"
                      for b in result.bindings]
             lines.append(f"Date: {reg.date(now)}\r\nSupported: outbound, path\r\n")

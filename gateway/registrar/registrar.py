@@ -562,12 +562,7 @@ class Registrar:
                 reason = request.headers.get("Reason")
                 log.info("bindings removed for %s from %s%s", ctx.aor, peer,
                          f" (Reason: {_ascii(reason)})" if reason else "")
-            if self.listeners:
-                state, _, user = result.detail.partition("\t")
-                self._notify(Registration(
-                    aor=ctx.aor, device_id=ctx.device_id, username=ctx.username,
-                    node_id=ctx.node_id, source=peer, bindings=tuple(result.bindings),
-                    paired_user=user if state == "paired" else ""))
+            self._registered(ctx, peer, result)
             return self._ok(request, result.bindings, now, outbound=ctx.outbound,
                             path=ctx.path)
         if outcome == "replay":
@@ -589,6 +584,16 @@ class Registrar:
             raise _Reject(403, "authentication failed")
         self._admission_reject(outcome, result.detail, peer.host, now)
         raise _Reject(500, f"unexpected store outcome {outcome[:20]}")
+
+    def _registered(self, ctx: _Ctx, peer: Peer, result: RegisterResult) -> None:
+        """Tell the listeners of a successful REGISTER (the store's detail carries the
+        device's pairing: "<state>\t<user>")."""
+        if self.listeners:
+            state, _, user = result.detail.partition("\t")
+            self._notify(Registration(
+                aor=ctx.aor, device_id=ctx.device_id, username=ctx.username,
+                node_id=ctx.node_id, source=peer, bindings=tuple(result.bindings),
+                paired_user=user if state == "paired" else ""))
 
     def _notify(self, reg: Registration) -> None:
         for listener in self.listeners:
