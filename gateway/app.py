@@ -309,6 +309,9 @@ class Gateway:
                             stale_unpaired_days=r.stale_unpaired_days, guard=guard),
             RegistrarMetrics(self.registry))
         registrar = self.registrar
+        # after everything that borrows them (stoppers run in reverse)
+        self._stoppers.append(registrar.store.close)
+        self._stoppers.append(self.devices.close)
 
         node_id = self.node_id
 

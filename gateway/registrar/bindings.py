@@ -178,6 +178,13 @@ class BindingStore:
             self._pipe_obj = RespPipe.for_client(self.redis, self.timeout)
         return self._pipe_obj
 
+    async def close(self) -> None:
+        """Close the pipelined connection, if one was opened (idempotent)."""
+        pipe, self._pipe_obj = self._pipe_obj, None
+        self._pipe_for = None
+        if pipe is not None:
+            await pipe.close()
+
     async def command(self, *args: Any) -> Any:
         """One hot-path command, pipelined when the store allows it; TimeoutError after
         ``timeout`` (the pipe's own deadline, else a timer around redis-py)."""
