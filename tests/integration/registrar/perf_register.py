@@ -69,6 +69,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _lane_counts(url: str) -> dict[str, float]:
+    """sipgw_register_fast_lane_total by outcome, from the gateway's /metrics."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    except OSError:
+        return {}
+    return {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'^sipgw_register_fast_lane_total\{outcome="(\w+)"\} (\S+)$', text, re.M)}
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
@@ -124,6 +136,7 @@ def main() -> int:
             print(f"{'rate':>6} {'ok':>7} {'failed':>7} {'reg/s':>7} {'p50 ms':>7} "
                   f"{'p99 ms':>7} {'gw cpu':>6} {'valkey':>6}  (probe: full 401+200 cycle)")
             offset = 0
+            shed_before = 0.0
             for i, rate in enumerate(rates):
                 calls = int(rate * args.seconds)
                 chunk = devices[offset:offset + calls]
@@ -173,6 +186,11 @@ def main() -> int:
                 p99 = (statistics.quantiles(lat, n=100)[98] if len(lat) >= 20
                        else max(lat, default=float("nan")))
                 verdict = "ok" if n_bad <= calls * 0.001 else "FAIL"
+                lane = _lane_counts(gw.metrics_url)
+                shed = lane.get("shed", 0) - shed_before
+                shed_before = lane.get("shed", 0)
+                if shed:
+                    verdict += f" (shed {shed:.0f}: the node was behind)"
                 print(f"{rate:>6} {n_ok:>7} {n_bad:>7} {n_ok / elapsed:>7.0f} {p50:>7.1f} "
                       f"{p99:>7.1f} {cpu_gw:>6.0%} {cpu_kv:>6.0%}  {verdict}", flush=True)
             # where the store's time went (µs per call), for the Lua script's share of core 0
