@@ -619,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
             redis, directory, args.host, args.port, token, reactor,
             EngineConfig(ring_timeout=args.ring_timeout))
         print(f"listening backend http {args.host}:{bound}", flush=True)
+        from gateway.runtime import tune_gc
+
+        tune_gc()
 
     def boot() -> None:
         d: Deferred[None] = Deferred.fromFuture(asyncio.ensure_future(run()))
