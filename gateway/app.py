@@ -48,7 +48,6 @@ _LOCAL_WARNING = '399 sipgw-local "'
 # new out-of-dialog requests refused while the node is behind (gateway.ops.overload)
 _SHEDDABLE = frozenset({"INVITE", "REGISTER", "OPTIONS", "SUBSCRIBE", "MESSAGE", "PUBLISH",
                         "REFER", "NOTIFY"})
-_OVERLOADED = "overloaded, try again later"
 
 
 def is_local_failure(response: SipResponse) -> bool:
@@ -112,7 +111,6 @@ class Gateway:
         self.fast_lane: Any = None
         self.overload: Any = None  # gateway.ops.overload.Overload when shedding is on
         self.b2bua: Any = None
-        self._shed_counter: Any = None
         self.devices: Any = None
         self._tasks = TaskSet(log, "gateway")
         self._stoppers: list[Callable[[], Awaitable[None]]] = []
@@ -176,7 +174,8 @@ class Gateway:
         if s.shed_backlog_kib > 0:
             from gateway.ops.overload import Overload
 
-            self.overload = Overload(self.driver.udp_backlog, s.shed_backlog_kib * 1024)
+            self.overload = Overload(self.driver.udp_backlog, s.shed_backlog_kib * 1024,
+                                     registry=self.registry)
         for host in s.hosts:
             if s.udp_port >= 0:
                 port = self.driver.listen_udp(host, s.udp_port)
@@ -472,11 +471,11 @@ class Gateway:
         elif self._on_client_event(event):
             return
         elif isinstance(event, AckReceived):
-            now = self._immediate.get("ACK")
-            if now is not None:
+            immediate = self._immediate.get("ACK")
+            if immediate is not None:
                 # an ACK is answered by nothing: a plain call, no task per call
                 try:
-                    now(RequestReceived(key=None, request=event.request,  # type: ignore[arg-type]
+                    immediate(RequestReceived(key=None, request=event.request,  # type: ignore[arg-type]
                                         peer=event.peer))
                 except Exception:  # noqa: BLE001
                     log.exception("ACK handler failed")
@@ -534,16 +533,9 @@ class Gateway:
         return True
 
     def _overloaded(self, request: SipRequest, tag: str) -> SipResponse:
-        if self._shed_counter is None:
-            from prometheus_client import Counter
-
-            self._shed_counter = Counter(
-                "sipgw_requests_shed", "new requests refused with 503 while the node was "
-                "behind (unread UDP backlog)", ["method"], registry=self.registry)
-        self._shed_counter.labels(request.method).inc()
-        retry = 20 + int.from_bytes(os.urandom(1), "big") % 20  # spread the returns
-        return build_response(request, 503, to_tag=tag, headers=[
-            ("Retry-After", str(retry)), ("Warning", f'399 sipgw "{_OVERLOADED}"')])
+        assert self.overload is not None
+        return build_response(request, 503, to_tag=tag,
+                              headers=self.overload.refusal(request.method))
 
     def _run_immediate(self, handler: ImmediateHandler, event: RequestReceived) -> None:
         try:

@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError
 from gateway.registrar.guard import GuardConfig
 from gateway.sip.peer import FlowId, Peer
 from gateway.state import keys
-from gateway.state.pipe import RespPipe
+from gateway.state.pipe import LazyPipe, RespPipe
 
 # Extra lifetime of the per-AOR keys beyond the last binding's expiry (s).
 KEY_SLACK = 60
@@ -153,37 +153,26 @@ class BindingStore:
     def __init__(self, redis: aioredis.Redis, *, timeout: float = 2.0) -> None:
         # redis-py's return types are bytes|str unions; results are bytes (no decoding)
         self.redis: Any = redis
-        self._timeout = timeout
         self._register_sha = hashlib.sha1(_REGISTER_LUA.encode()).hexdigest()
         self._purge = redis.register_script(_PURGE_LUA)
-        self._pipe_for: Any = None
-        self._pipe_obj: RespPipe | None = None
+        self._pipe = LazyPipe(timeout)
 
     @property
     def timeout(self) -> float:
         """A hot-path command slower than this (seconds) raises TimeoutError."""
-        return self._timeout
+        return self._pipe.timeout
 
     @timeout.setter
     def timeout(self, value: float) -> None:
-        self._timeout = value
-        if self._pipe_obj is not None:
-            self._pipe_obj.timeout = value
+        self._pipe.timeout = value
 
     @property
     def pipe(self) -> RespPipe | None:
         """The pipelined hot-path connection to the same server as ``self.redis``."""
-        if self._pipe_for is not self.redis:
-            self._pipe_for = self.redis
-            self._pipe_obj = RespPipe.for_client(self.redis, self.timeout)
-        return self._pipe_obj
+        return self._pipe.get(self.redis)
 
     async def close(self) -> None:
-        """Close the pipelined connection, if one was opened (idempotent)."""
-        pipe, self._pipe_obj = self._pipe_obj, None
-        self._pipe_for = None
-        if pipe is not None:
-            await pipe.close()
+        await self._pipe.close()
 
     async def command(self, *args: Any) -> Any:
         """One hot-path command, pipelined when the store allows it; TimeoutError after

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from gateway.sip.digest import compute_ha1
 from gateway.state import keys
-from gateway.state.pipe import RespPipe
+from gateway.state.pipe import LazyPipe, run_commands
 
 MAC_RE = re.compile(r"^[0-9a-f]{12}$")
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9._\-+]{1,64}$")
@@ -180,25 +180,12 @@ class DeviceStore:
         self.redis: Any = redis
         self.realm = realm
         self.clock = clock
-        self._pipe_for: Any = None
-        self._pipe_obj: RespPipe | None = None
-
-    @property
-    def _pipe(self) -> RespPipe | None:
         # An INVITE reads its caller's device: over the pipelined connection where the
-        # store is plain Redis/Valkey, as the registrar's hot path does; opened on first use
-        # only, so short-lived stores (admin commands) never open one.
-        if self._pipe_for is not self.redis:
-            self._pipe_for = self.redis
-            self._pipe_obj = RespPipe.for_client(self.redis)
-        return self._pipe_obj
+        # store is plain Redis/Valkey, as the registrar's hot path does.
+        self._pipe = LazyPipe()
 
     async def close(self) -> None:
-        """Close the pipelined connection, if one was opened (idempotent)."""
-        pipe, self._pipe_obj = self._pipe_obj, None
-        self._pipe_for = None
-        if pipe is not None:
-            await pipe.close()
+        await self._pipe.close()
 
     async def add(self, mac: str, vendor: str, model: str, tenant: str, *,
                   sip_username: str | None = None) -> tuple[Device, Credentials]:
@@ -239,23 +226,9 @@ class DeviceStore:
         """The device whose SIP username this is. Usernames are MAC-named device ids unless
         provisioning chose otherwise, so the device hash of that name is read with the
         credentials, in one round trip; another name costs a second one."""
-        auth_key = keys.device_auth(username)
-        guess = keys.device(username)
-        pipe = self._pipe
-        if pipe is None:
-            rp = self.redis.pipeline(transaction=False)
-            rp.hgetall(auth_key)
-            rp.hgetall(guess)
-            auth, h = await rp.execute()
-        else:
-            first = pipe.send_now("HGETALL", auth_key)
-            if first is None:  # not connected yet: the first command connects
-                auth = _pairs(await pipe.execute("HGETALL", auth_key))
-                h = _pairs(await pipe.execute("HGETALL", guess))
-            else:
-                second = pipe.send_now("HGETALL", guess)
-                auth = _pairs(await first)
-                h = _pairs(await second) if second is not None else {}
+        auth, h = (hash_pairs(r) for r in await run_commands(
+            self._pipe.get(self.redis), self.redis,
+            [("HGETALL", keys.device_auth(username)), ("HGETALL", keys.device(username))]))
         if not auth:
             return None
         device_id = _s(auth, "device_id")
@@ -341,10 +314,13 @@ class DeviceStore:
         return sorted(m.decode() for m in members)
 
 
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A flat HGETALL reply (field, value, ...) as a dict."""
-    it = iter(flat)
-    return dict(zip(it, it, strict=True))
+def hash_pairs(raw: Any) -> dict[bytes, bytes]:
+    """An HGETALL reply as a dict: RESP2's flat field, value, ... array (the pipelined
+    connection) or redis-py's dict."""
+    if isinstance(raw, dict):
+        return raw
+    it = iter(raw or ())
+    return dict(zip(it, it, strict=False))
 
 
 def parse_auth(h: Mapping[bytes, bytes] | None) -> AuthRecord | None:

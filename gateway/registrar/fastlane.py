@@ -46,6 +46,7 @@ from gateway.registrar.registrar import (
     _ascii,
     _bound_contact,
     _Ctx,
+    _q_value,
     _Reject,
     _tag,
 )
@@ -62,7 +63,7 @@ from gateway.sip.lean import (
 )
 from gateway.sip.message import ParseFailure, SipRequest, SipResponse, parse_message
 from gateway.sip.peer import Peer
-from gateway.sip.routing import stamp_via as stamp_via_general
+from gateway.sip.routing import stamp_request
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,7 @@ class _Contact:
 
     __slots__ = ("key", "contact", "uri", "expires", "q", "instance", "general")
 
-    def __init__(self, uri: str, params: tuple[tuple[str, str | None], ...],
-                 general: bool = False) -> None:
+    def __init__(self, uri: str, params: tuple[tuple[str, str | None], ...]) -> None:
         named = dict(params)
 
         def get(name: str) -> str | None:  # NameAddr.param: "" for a flag
@@ -87,7 +87,7 @@ class _Contact:
         e = e.strip() if e is not None else None
         # RFC 5626 outbound, repeated parameters and garbled expiries (400) are the
         # general path's
-        self.general = general or "reg-id" in named or len(named) != len(params) or \
+        self.general = "reg-id" in named or len(named) != len(params) or \
             (e is not None and (not e.isdigit() or len(e) > 10))
         self.expires = int(e) if e is not None and not self.general else None
         self.key = f"uri:{uri}"
@@ -96,8 +96,7 @@ class _Contact:
         self.contact = f"<{uri}>" + "".join(
             f";{k}" if v is None else f";{k}={v}" for k, v in params if k != "expires")
         self.instance = unquote_param(get("+sip.instance"))
-        q = get("q")
-        self.q = _q_value(q) if q is not None else None
+        self.q = _q_value(get("q"))
 
     @classmethod
     def parse(cls, raw: str) -> _Contact:
@@ -113,7 +112,7 @@ class _Contact:
     @classmethod
     def lean(cls, raw: str) -> _Contact | None:
         """The everyday ``<sip:user@host:port;uri-params>;params`` without the header
-        model, or None. Same result as ``parse`` (tests/unit/registrar/test_fastlane.py)."""
+        model, or None. Same result as ``parse`` (tests/unit/registrar/test_fastlane_contact.py)."""
         m = _LEAN_CONTACT.fullmatch(raw)
         if m is None or (m.group(2) is not None and int(m.group(2)) > 65535):
             return None
@@ -133,16 +132,6 @@ _LEAN_CONTACT = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*"
     r"(?::([0-9]{1,5}))?(?:;[A-Za-z0-9\-_.]+(?:=[A-Za-z0-9\-_.]+)?)*)>"
     r"((?:;[A-Za-z0-9\-_.+]+(?:=(?:[A-Za-z0-9\-_.!~*%]+|\"<[A-Za-z0-9:\-.]+>\"))?)*)")
-
-
-def _q_value(q: str) -> float:
-    try:
-        v = float(q)
-    except ValueError:
-        raise _Reject(400, "bad q value") from None
-    if not 0.0 <= v <= 1.0 or len(q) > 5:
-        raise _Reject(400, "bad q value")
-    return v
 
 
 class FastLane:
@@ -169,6 +158,7 @@ class FastLane:
         self.clock = clock
         self.replays = ReplayCache()
         self._contacts: dict[str, _Contact | None] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
         self._next_sweep = 0.0
         # plain counts (a Prometheus child's lock per REGISTER is measurable here),
         # exported as sipgw_register_fast_lane_total{outcome}
@@ -226,10 +216,11 @@ class FastLane:
             if self._overload is not None and self._overload.behind():
                 self.shed += 1
                 reg._count_status(503)
+                headers = "".join(f"{n}: {v}\r\n"
+                                  for n, v in self._overload.refusal("REGISTER"))
                 self._send(render_response(
                     req, stamp_via(req, peer.host, peer.port), 503, "Service Unavailable",
-                    _tag(), f"Retry-After: {reg._retry_after()}\r\nWarning: 399 "
-                    f'{reg.auth.realm} "registrar overloaded"\r\n{self._server_line}'), peer)
+                    _tag(), headers + self._server_line), peer)
                 return True
             reg._admit_locally(peer.host, now)  # _Reject: the general path refuses it
             reg._prefetch(req.to_user, now)
@@ -330,7 +321,8 @@ class FastLane:
             # a restarted server: the registrar loads the script and answers
             task = asyncio.ensure_future(self._general_answer(data, peer, key, update, ctx,
                                                                now))
-            task.add_done_callback(lambda _: None)
+            self._tasks.add(task)  # held until done: the loop keeps only weak references
+            task.add_done_callback(self._tasks.discard)
             return
         reg.pending -= 1
         try:
@@ -342,10 +334,8 @@ class FastLane:
                     request, peer, result, ctx, now))
                 return
             reg._registered(ctx, peer, result)
-            lines = [f"Contact: {b.contact};expires={b.remaining(now)}\r\n"
-                     for b in result.bindings]
-            lines.append(f"Date: {reg.date(now)}\r\nSupported: outbound, path\r\n")
-            self._reply(req, peer, key, now, 200, "OK", "".join(lines))
+            self._reply(req, peer, key, now, 200, "OK", "".join(
+                f"{n}: {v}\r\n" for n, v in reg.ok_headers(result.bindings, now)))
         except Exception as e:  # noqa: BLE001 - mapped to a status by the registrar
             err = e
             self._respond_general(data, peer, key, now,
@@ -407,12 +397,7 @@ class FastLane:
             msg = parse_message(data)
             if not isinstance(msg, SipRequest):
                 return None
-            via = msg.vias[0]
-            stamped = stamp_via_general(via, peer)
-            if stamped is not None:
-                msg.headers.remove_first_value("Via")
-                msg.headers.prepend("Via", str(stamped))
-                msg.invalidate()
+            stamp_request(msg, msg.vias[0], peer)
             return msg
         except (ParseFailure, SipParseError, IndexError):
             log.error("fast lane: a lean REGISTER the general parser refuses")

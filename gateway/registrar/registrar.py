@@ -18,7 +18,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -34,7 +34,13 @@ from gateway.registrar.bindings import (
     RegisterResult,
     RegisterUpdate,
 )
-from gateway.registrar.devices import AuthRecord, DeviceStore, parse_auth, user_aor
+from gateway.registrar.devices import (
+    AuthRecord,
+    DeviceStore,
+    hash_pairs,
+    parse_auth,
+    user_aor,
+)
 from gateway.registrar.guard import AbuseGuard, GuardConfig
 from gateway.sip.digest import DigestCredentials, DigestError, NonceCheck, NonceStatus
 from gateway.sip.errors import SipParseError
@@ -118,8 +124,7 @@ class RegistrarMetrics:
 # cached record re-reads it, so a changed password or a new device is never refused for
 # it: the TTL bounds only extra work. Long enough that a phone's hourly refresh (and
 # the keep-alive rounds between) usually finds its record.
-CRED_CACHE_TTL = 600.0
-_CRED_CACHE_TTL = CRED_CACHE_TTL
+_CRED_CACHE_TTL = 600.0
 _CRED_CACHE_MAX = 100_000
 _PREFETCH_MAX = 2_000  # credential reads in flight at once
 _LOCAL_BLOCK_MAX = 10.0  # s a node answers a blocked source's challenges without Redis
@@ -313,7 +318,7 @@ class Registrar:
 
     def cached_auth(self, username: str, now: float,
                     ) -> tuple[bool, AuthRecord | None, asyncio.Future[Any] | None]:
-        """(known, record, pending): a record fetched less than ``CRED_CACHE_TTL`` ago
+        """(known, record, pending): a record fetched less than ``_CRED_CACHE_TTL`` ago
         (``known``; None for no such user), else the prefetch in flight, if any."""
         hit = self._ha1_cache.get(username)
         if hit is not None and now - hit[1] < _CRED_CACHE_TTL:
@@ -643,14 +648,12 @@ class Registrar:
 
     # -- credentials -----------------------------------------------------------------------
     def _prefetch(self, username: str, now: float) -> None:
-        if len(username) > 128 or username in self._prefetching:
+        if len(username) > 128 or len(self._prefetching) >= _PREFETCH_MAX:
+            # (a flood of challenges from spoofed sources for random users must not become
+            # as many store reads: the answers, if any come, fetch for themselves)
             return
-        if len(self._prefetching) >= _PREFETCH_MAX:
-            # a flood of challenges (spoofed sources, random users) must not become as many
-            # store reads: the answers, if any come, fetch for themselves
-            return
-        hit = self._ha1_cache.get(username)
-        if hit is not None and now - hit[1] < _CRED_CACHE_TTL:
+        known, _, pending = self.cached_auth(username, now)
+        if known or pending is not None:
             return
         # A callback on the pipe's future, not a task: this runs for every challenge.
         raw = self.store.command_now("HGETALL", keys.device_auth(username))
@@ -683,7 +686,7 @@ class Registrar:
         return self._remember_auth(username, raw, now)
 
     def _remember_auth(self, username: str, raw: Any, now: float) -> AuthRecord | None:
-        rec = parse_auth(_pairs(raw))
+        rec = parse_auth(hash_pairs(raw))
         if len(self._ha1_cache) >= _CRED_CACHE_MAX:
             self._ha1_cache.clear()
         self._ha1_cache[username] = (rec, now)
@@ -695,10 +698,9 @@ class Registrar:
         A cached copy is only a hint: the register script refuses (``cred``) when the
         stored HA1 no longer matches the one the digest was checked against.
         """
-        hit = self._ha1_cache.get(username)
-        if hit is not None and now - hit[1] < _CRED_CACHE_TTL:
-            return hit[0]
-        pending = self._prefetching.get(username)
+        known, record, pending = self.cached_auth(username, now)
+        if known:
+            return record
         if pending is not None:  # the prefetch after the 401 is still on its way
             await asyncio.shield(pending)  # bounded by the store's deadline
             hit = self._ha1_cache.get(username)
@@ -848,6 +850,13 @@ class Registrar:
 
     def _ok(self, request: SipRequest, bindings: list[Binding], now: float, *,
             outbound: bool, path: list[str]) -> SipResponse:
+        return build_response(request, 200, to_tag=_tag(),
+                              headers=self.ok_headers(bindings, now, outbound=outbound,
+                                                      path=path))
+
+    def ok_headers(self, bindings: list[Binding], now: float, *, outbound: bool = False,
+                   path: Sequence[str] = ()) -> list[tuple[str, str]]:
+        """What a 200 to a REGISTER carries besides the copied headers (§10.3 step 8)."""
         hs: list[tuple[str, str]] = []
         for b in bindings:
             hs.append(("Contact", f"{b.contact};expires={b.remaining(now)}"))
@@ -859,18 +868,10 @@ class Registrar:
         for p in path:
             hs.append(("Path", p))  # RFC 3327 §5.3
         hs.append(("Supported", "outbound, path"))
-        return build_response(request, 200, to_tag=_tag(), headers=hs)
+        return hs
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-def _pairs(raw: Any) -> dict[bytes, bytes]:
-    """HGETALL's flat RESP2 array (or redis-py's dict) as a dict."""
-    if isinstance(raw, dict):
-        return raw
-    it = iter(raw or ())
-    return dict(zip(it, it, strict=False))
-
 
 def _tag() -> str:
     return secrets.token_hex(6)
@@ -911,7 +912,11 @@ def _contact_expires(c: NameAddr, header: int | None, default: int) -> int:
 
 
 def _q(c: NameAddr) -> float | None:
-    q = c.param("q")
+    return _q_value(c.param("q"))
+
+
+def _q_value(q: str | None) -> float | None:
+    """A Contact's q (RFC 3261 §20.10) as a number; _Reject 400 when it is not one."""
     if q is None:
         return None
     try:

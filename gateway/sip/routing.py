@@ -71,6 +71,22 @@ def stamp_via(via: Via, source: Peer) -> Via | None:
     return Via(via.transport, via.host, via.port, tuple(out), via.version)
 
 
+def stamp_request(request: SipRequest, via: Via, peer: Peer) -> Via:
+    """``stamp_via`` applied to ``request``'s top Via (``via``) in place; the top Via now.
+
+    §18.2.1: the stamped Via travels with the request and into every response.
+    """
+    stamped = stamp_via(via, peer)
+    if stamped is None:
+        return via
+    headers = request.headers
+    headers.remove_first_value("Via")
+    headers.prepend("Via", str(stamped))
+    request.invalidate()
+    request._top = stamped
+    return stamped
+
+
 def _routing_params(via: Via) -> tuple[str | None, str | None, int | None]:
     maddr = received = None
     rport: int | None = None

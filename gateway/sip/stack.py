@@ -45,7 +45,7 @@ from gateway.sip.message import (
     parse_message,
 )
 from gateway.sip.peer import FlowId, Peer
-from gateway.sip.routing import fallback_response_peer, response_peer, stamp_via
+from gateway.sip.routing import fallback_response_peer, response_peer, stamp_request
 from gateway.sip.timers import TimerConfig, TimerHeap
 from gateway.sip.transaction import (
     MAGIC_COOKIE,
@@ -205,14 +205,7 @@ class SipStack:
         if via is None:
             self._events.append(MalformedMessage("missing Via", peer, True))
             return
-        stamped = stamp_via(via, peer)
-        if stamped is not None:
-            # §18.2.1: the stamped Via travels with the request and into every response
-            headers = request.headers
-            headers.remove_first_value("Via")
-            headers.prepend("Via", str(stamped))
-            request.invalidate()
-            request._top = via = stamped
+        via = stamp_request(request, via, peer)
         key = server_key(request, via)
         txn = self._txns.get(key)
         method = request.method

@@ -76,6 +76,39 @@ async def run_commands(pipe: RespPipe | None, redis: Any, cmds: Sequence[tuple[A
     return list(await rp.execute())
 
 
+class LazyPipe:
+    """The pipelined connection to the server of a redis-py client, opened on first use
+    (short-lived users such as admin commands never open one) and again when the client
+    is replaced; None where the store is not plain Redis/Valkey (Sentinel, TLS)."""
+
+    def __init__(self, timeout: float = 2.0) -> None:
+        self._timeout = timeout
+        self._for: Any = None
+        self._pipe: RespPipe | None = None
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float) -> None:
+        self._timeout = value
+        if self._pipe is not None:
+            self._pipe.timeout = value
+
+    def get(self, redis: Any) -> RespPipe | None:
+        if self._for is not redis:
+            self._for = redis
+            self._pipe = RespPipe.for_client(redis, self._timeout)
+        return self._pipe
+
+    async def close(self) -> None:
+        """Close the connection, if one was opened (idempotent)."""
+        pipe, self._pipe, self._for = self._pipe, None, None
+        if pipe is not None:
+            await pipe.close()
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, pipe: RespPipe) -> None:
         self.pipe = pipe

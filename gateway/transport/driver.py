@@ -278,13 +278,11 @@ class SipDriver:
             if len(self._peer_socket) > _PEER_SOCKET_CACHE:
                 self._peer_socket.popitem(last=False)
         fast = self.udp_fast
-        if fast is not None and fast(data, peer):
-            return
-        self._stack.receive_datagram(data, peer, self.now())
-        self.flush()
+        if fast is None or not fast(data, peer):
+            self.receive_general(data, peer)
 
     def receive_general(self, data: bytes, peer: Peer) -> None:
-        """A UDP datagram the fast lane took and then handed back, the general way."""
+        """A UDP datagram through the stack (also one the fast lane took, then handed back)."""
         self._stack.receive_datagram(data, peer, self.now())
         self.flush()
 
