@@ -340,6 +340,7 @@ class Gateway:
         keepalive = KeepAlive(self.registrar.store, self.node_id, self._keepalive_ping,
                               interval=r.keepalive_interval,
                               max_failures=r.keepalive_failures, registry=self.registry)
+        self.registrar.listeners.append(keepalive.track)
         self._every(r.keepalive_interval, keepalive.run_once, "NAT keep-alive round")
 
     async def _keepalive_ping(self, peer: Peer, binding: Any) -> int | None:

@@ -10,6 +10,13 @@ OPTIONS to the binding's source address every ``interval`` seconds. After
 ``max_failures`` pings in a row without an answer, the binding is removed: a
 phone that cannot be reached must not attract calls, and its next REGISTER
 restores it. Any response, even an error status, proves the path is open.
+
+Like Kamailio's nathelper, only UDP phones behind a NAT are pinged (their Contact
+is not where their packets come from): a phone reachable at its own Contact has
+no pinhole to hold open, and pinging a whole fleet every round would cost a node
+more than the REGISTERs do. A round reads only the AORs this node registered (told
+by the registrar's listeners, plus one scan of the store when the node starts),
+not every AOR of the deployment.
 """
 
 from __future__ import annotations
@@ -19,11 +26,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gateway.registrar.bindings import Binding, BindingStore
+from gateway.sip.errors import SipParseError
 from gateway.sip.peer import Peer
+from gateway.sip.uri import Uri
+
+if TYPE_CHECKING:
+    from gateway.registrar.registrar import Registration
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +54,18 @@ class KeepAliveReport:
     answered: int
     failed: int
     removed: int
+
+
+def behind_nat(b: Binding) -> bool:
+    """The phone's packets come from elsewhere than its Contact (RFC 3581 §4: the
+    address its requests were received from differs from the one it advertises)."""
+    try:
+        uri = Uri.parse(b.uri)
+    except SipParseError:
+        return True  # an address we cannot read: ping rather than lose the phone
+    host = uri.host.strip("[]").lower()
+    port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+    return host != b.host.strip("[]").lower() or port != b.port
 
 
 class KeepAliveMetrics:
@@ -73,24 +98,43 @@ class KeepAlive:
         self.metrics = KeepAliveMetrics(registry) if registry is not None else None
         self._sem = asyncio.Semaphore(concurrency)
         self._failures: dict[tuple[str, str], int] = {}
+        self._aors: set[str] = set()  # AORs with bindings this node may ping
+        self._scanned = False
 
     def owned(self, b: Binding) -> bool:
-        """Bindings this node pings: its own UDP ones and its own live stream flows.
+        """Bindings this node pings: its own UDP ones behind a NAT and its own live
+        stream flows.
 
         Outbound phones keep their flows alive themselves (RFC 5626 §4.4). Over TCP/TLS
         the OPTIONS travels the phone's connection, so a flow that died silently is found
         and its binding dropped (kamailio#1481: pinging UDP only leaves those behind).
         """
-        return (b.node_id == self.node_id and not b.outbound
-                and (b.transport.upper() == "UDP" or bool(b.flow)))
+        if b.node_id != self.node_id or b.outbound:
+            return False
+        if b.transport.upper() == "UDP":
+            return behind_nat(b)
+        return bool(b.flow)
+
+    def track(self, reg: Registration) -> None:
+        """A registrar listener: remember the AORs whose bindings this node may ping."""
+        if any(self.owned(b) for b in reg.bindings):
+            self._aors.add(reg.aor)
 
     async def run_once(self, now: float | None = None) -> KeepAliveReport:
         now = self.clock() if now is None else now
-        aors = await self.store.active_aors(now)
+        if not self._scanned:  # bindings made before this node (re)started
+            self._aors.update(await self.store.active_aors(now))
+            self._scanned = True
+        aors = sorted(self._aors)
         targets: list[Binding] = []
         for i in range(0, len(aors), 500):
-            for bl in (await self.store.get_many(aors[i:i + 500], now)).values():
-                targets += [b for b in bl if self.owned(b)]
+            got = await self.store.get_many(aors[i:i + 500], now)
+            for aor in aors[i:i + 500]:
+                mine = [b for b in got.get(aor, ()) if self.owned(b)]
+                if mine:
+                    targets += mine
+                else:  # expired, removed or re-registered through another node
+                    self._aors.discard(aor)
         live = {(b.aor, b.key) for b in targets}
         for k in [k for k in self._failures if k not in live]:
             del self._failures[k]  # re-registered elsewhere, removed or expired

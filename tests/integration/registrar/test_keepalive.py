@@ -34,7 +34,7 @@ def _answer_options(phone: UdpPhone, stop: threading.Event, seen: list[str]) -> 
 
 def test_keepalive_keeps_answering_phone_and_drops_silent_one(tmp_path: Path,
                                                              redis_url: str) -> None:
-    (a_user, a_pw), (b_user, b_pw) = provision(redis_url, 2, prefix=0x670000)
+    (a_user, a_pw), (b_user, b_pw), (c_user, c_pw) = provision(redis_url, 3, prefix=0x670000)
     cfg = overrides(redis={"url": redis_url},
                     registrar={"keepalive_interval": 0.5, "keepalive_failures": 2})
     r = redis_sync.Redis.from_url(redis_url)
@@ -43,11 +43,17 @@ def test_keepalive_keeps_answering_phone_and_drops_silent_one(tmp_path: Path,
     with GatewayProcess(tmp_path, cfg) as gw:
         alive = UdpPhone(*gw.sip("udp"), a_user, a_pw)
         silent = UdpPhone(*gw.sip("udp"), b_user, b_pw)
+        direct = UdpPhone(*gw.sip("udp"), c_user, c_pw)
         answerer = threading.Thread(target=_answer_options, args=(alive, stop, seen),
                                     daemon=True)
         try:
-            assert alive.register(expires=3600).status == 200
-            assert silent.register(expires=3600).status == 200
+            # both behind a NAT: their Contacts name addresses their packets do not come from
+            assert alive.register(expires=3600, contact=f"<sip:{a_user}@192.168.1.20:5060>"
+                                  ).status == 200
+            assert silent.register(expires=3600, contact=f"<sip:{b_user}@192.168.1.21:5060>"
+                                   ).status == 200
+            # reachable at its own Contact: no pinhole to hold open, never pinged
+            assert direct.register(expires=3600).status == 200
             answerer.start()
             a_aor, b_aor = f"sip:{a_user}@{REALM}", f"sip:{b_user}@{REALM}"
             assert live_bindings(r, b_aor)
@@ -57,6 +63,13 @@ def test_keepalive_keeps_answering_phone_and_drops_silent_one(tmp_path: Path,
             wait_for(lambda: len(seen) >= 2, 15, "two keep-alives at the answering phone")
             assert set(seen) == {a_user}
             assert live_bindings(r, a_aor), "a phone answering keep-alives lost its binding"
+            assert live_bindings(r, f"sip:{c_user}@{REALM}"), "a phone not behind NAT was dropped"
+            direct.sock.settimeout(0.1)
+            try:
+                stray = direct.sock.recv(65535)
+            except TimeoutError:
+                stray = b""
+            assert not stray, f"a phone not behind NAT was pinged: {stray[:80]!r}"
             metrics = httpx.get(gw.metrics_url, timeout=10).text
             assert "sipgw_keepalive_removed_total 1.0" in metrics, metrics[-2000:]
         finally:
@@ -64,4 +77,5 @@ def test_keepalive_keeps_answering_phone_and_drops_silent_one(tmp_path: Path,
             answerer.join(5) if answerer.is_alive() else None
             alive.close()
             silent.close()
+            direct.close()
             r.close()

@@ -20,13 +20,18 @@ def test_owner_pings_udp_and_removes_unreachable(env: Env) -> Deferred[None]:
         for i in range(3):
             _, c = await store.add(f"0004f2aa00{i:02x}", "Poly", "VVX410", "t1")
             users.append(c)
-        # two UDP phones on node-a, one TCP phone on node-a, one UDP phone on node-b
-        plan = [(users[0], "UDP", "node-a", "203.0.113.1"), (users[1], "TCP", "node-a",
-                "203.0.113.2"), (users[2], "UDP", "node-b", "203.0.113.3")]
-        for c, transport, node, ip in plan:
-            resp = await env.register(reg, register_text(c.username, transport=transport),
-                                      c.username, c.password, peer=Peer(transport, ip, 5060),
-                                      node=node)
+        _, direct = await store.add("0004f2aa0010", "Poly", "VVX410", "t1")
+        # UDP phones behind NAT on node-a and node-b, a TCP phone without a flow on node-a,
+        # and a UDP phone on node-a reachable at its own Contact (no NAT: nothing to keep
+        # open, as nathelper pings only NATed contacts)
+        plan = [(users[0], "UDP", "node-a", "203.0.113.1", None),
+                (users[1], "TCP", "node-a", "203.0.113.2", None),
+                (users[2], "UDP", "node-b", "203.0.113.3", None),
+                (direct, "UDP", "node-a", "203.0.113.4", "<sip:x@203.0.113.4:5060>")]
+        for c, transport, node, ip, contact in plan:
+            resp = await env.register(reg, register_text(
+                c.username, [contact] if contact else None, transport=transport),
+                c.username, c.password, peer=Peer(transport, ip, 5060), node=node)
             assert resp.status == 200
         answering = {"203.0.113.1": True}
         pinged: list[Peer] = []
@@ -39,7 +44,7 @@ def test_owner_pings_udp_and_removes_unreachable(env: Env) -> Deferred[None]:
         ka = KeepAlive(reg.store, "node-a", send_options, max_failures=2, registry=registry,
                        clock=env.clock)
         report = await ka.run_once()
-        # only node-a's UDP binding: not the TCP one, not node-b's
+        # only node-a's NATed UDP binding: not the TCP one, not node-b's, not the direct one
         assert [p.host for p in pinged] == ["203.0.113.1"] and report.answered == 1
         answering["203.0.113.1"] = False
         assert (await ka.run_once()).removed == 0  # one miss is not enough
@@ -47,6 +52,7 @@ def test_owner_pings_udp_and_removes_unreachable(env: Env) -> Deferred[None]:
         assert report.failed == 1 and report.removed == 1
         assert await reg.lookup(f"sip:{users[0].username}@{REALM}") == []
         assert len(await reg.lookup(f"sip:{users[2].username}@{REALM}")) == 1
+        assert len(await reg.lookup(f"sip:{direct.username}@{REALM}")) == 1
         assert registry.get_sample_value("sipgw_keepalive_removed_total") == 1
         assert registry.get_sample_value("sipgw_keepalive_pings_total",
                                          {"result": "failed"}) == 2

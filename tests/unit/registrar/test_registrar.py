@@ -111,6 +111,35 @@ def test_expiry_without_any_request(env: Env) -> Deferred[None]:
     return arun(body())
 
 
+def test_sweep_reads_only_due_aors(env: Env) -> Deferred[None]:
+    """The index is scored by each AOR's earliest expiry: a sweep purges the one expired
+    binding of an AOR whose other binding lives on, and touches no AOR that is not due."""
+    async def body() -> None:
+        user, pw = await _device(env)
+        other, other_pw = await _device(env, mac="0004f2bb0001")
+        reg, r = env.make()
+        aor = f"sip:{user}@{REALM}"
+        resp = await env.register(reg, register_text(
+            user, [f"<sip:{user}@10.0.0.1>;expires=120", f"<sip:{user}@10.0.0.2>;expires=900"]),
+            user, pw)
+        assert resp.status == 200
+        assert (await env.register(reg, register_text(other, expires=3600), other,
+                                   other_pw)).status == 200
+        index = "sipgw:reg:index"
+        assert await r.zscore(index, aor) == env.clock.now + 120
+        env.clock.now += 121
+        assert await reg.sweep_expired() == 1
+        assert await r.hlen(f"sipgw:reg:{{{aor}}}:b") == 1  # the live one stays
+        assert await r.zscore(index, aor) == env.clock.now - 121 + 900  # due next then
+        assert await reg.sweep_expired() == 0  # nothing due: nothing purged
+        env.clock.now += 800
+        assert await reg.sweep_expired() == 1
+        assert await r.zscore(index, aor) is None
+        assert await r.zscore(index, f"sip:{other}@{REALM}") is not None
+        await r.aclose()
+    return arun(body())
+
+
 def test_interval_too_brief_and_max(env: Env) -> Deferred[None]:
     async def body() -> None:
         user, pw = await _device(env)
