@@ -1,12 +1,15 @@
 """Typed asyncio client of the call-control backend API (v1): REST over a small HTTP/1.1
-keep-alive connection pool on asyncio streams, events over an autobahn WebSocket, with
-Prometheus latency/error metrics.
+keep-alive connection pool on asyncio streams, events over a WebSocket (RFC 6455) on an
+asyncio protocol, with Prometheus latency/error metrics.
 
 The REST path carries several requests for every call the gateway bridges, so it is
 written for that: persistent connections (RFC 9112 §9.3), one write per request,
 ``Content-Length`` or chunked bodies (RFC 9112 §6-7), no per-request agent or Deferred
 machinery. A request that finds its reused connection closed before any answer byte
 is sent again once on a fresh connection (the server closed an idle connection).
+The event stream brings several small messages per call too: its WebSocket client is
+the few dozen lines the one-way stream needs (handshake, unmasked server frames,
+fragments, ping/pong, close), not a general WebSocket stack.
 
 All methods are coroutines to be run as asyncio tasks on the Twisted asyncio
 reactor's loop (DESIGN.md principle 2); Twisted Deferreds are bridged with
@@ -18,18 +21,19 @@ timeout, or a body that does not match the schema).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import ssl as std_ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlparse
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from twisted.internet import ssl
 
 from gateway.backend.schema import (
     Answer,
@@ -110,13 +114,12 @@ class BackendClient:
         self._reactor = reactor
         self._directory_ttl = directory_ttl
         self._directory: dict[tuple[str, str], tuple[float, UserInfo | None]] = {}
-        self._trust: ssl.Certificate | None = None
-        if ca_file:
-            with open(ca_file, "rb") as f:
-                self._trust = ssl.Certificate.loadPEM(f.read())
         tls: std_ssl.SSLContext | None = None
         if parsed.scheme == "https":
             tls = std_ssl.create_default_context(cafile=ca_file or None)
+        self._tls = tls  # REST and the event WebSocket trust the same roots
+        self._port = parsed.port or (443 if tls else 80)
+        self._netloc = parsed.netloc.rsplit("@", 1)[-1]
         self._prefix = parsed.path.rstrip("/")
         self._http = _HttpPool(parsed.hostname, parsed.port or (443 if tls else 80), tls,
                                max_idle=64)
@@ -331,13 +334,12 @@ class BackendClient:
         """
         return EventStream(self, users, since)
 
-    def _ws_url(self, users: tuple[str, ...], since: str) -> str:
-        scheme = "wss" if self.base_url.startswith("https") else "ws"
-        rest = self.base_url.split("://", 1)[1]
+    def _ws_target(self, users: tuple[str, ...], since: str) -> str:
+        """The request target of the event stream's upgrade request."""
         q: list[tuple[str, str]] = [("user", u) for u in users]
         if since:
             q.append(("since", since))
-        return f"{scheme}://{rest}/v1/events" + (("?" + urlencode(q)) if q else "")
+        return f"{self._prefix}/v1/events" + (("?" + urlencode(q)) if q else "")
 
 
 class _HttpProtocolError(Exception):
@@ -481,24 +483,233 @@ def _q(v: str) -> str:
     return quote(v, safe="")
 
 
-class _EventProtocol(WebSocketClientProtocol):
-    stream: EventStream
-
-    def onOpen(self) -> None:
-        self.stream._opened(self)
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.stream._message(payload)
-
-    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.stream._closed(code, reason)
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 §1.3
+_WS_MAX_MESSAGE = 16 * 2**20
+_WS_PING_INTERVAL = 20.0  # seconds between our keep-alive pings
+_WS_PING_TIMEOUT = 10.0  # no pong by then: the connection is dead
 
 
-class _EventFactory(WebSocketClientFactory):
-    stream: EventStream
+class _WebSocketError(Exception):
+    """The server broke RFC 6455 (handshake or framing)."""
 
-    def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
-        self.stream._closed(None, f"connection failed: {reason.getErrorMessage()}")
+
+class _EventSocket(asyncio.Protocol):
+    """The client side of one ``/v1/events`` WebSocket (RFC 6455), on the loop's own
+    transport: the events are small text messages, several per call the gateway bridges,
+    and a generic WebSocket stack's per-frame layers (Deferreds, observers, logging
+    calls) cost more than reading them. The stream is one-way: we answer pings, send
+    our own keep-alive pings and close frames, nothing else."""
+
+    def __init__(self, stream: EventStream, key: bytes) -> None:
+        self.stream = stream
+        self.key = key
+        loop = asyncio.get_running_loop()
+        self.handshake: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._buf = bytearray()
+        self._open = False
+        self._message: list[bytes] = []
+        self._message_size = 0
+        self._closing = False
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._ping: asyncio.TimerHandle | None = None
+        self._pong_deadline: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        try:
+            if not self._open:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > 65536:
+                        raise _WebSocketError("handshake answer too large")
+                    return
+                head = bytes(buf[:end])
+                del buf[:end + 4]
+                self._check_handshake(head)
+                self._open = True
+                self._arm_ping()
+                if not self.handshake.done():
+                    self.handshake.set_result(None)
+            self._frames()
+        except _WebSocketError as exc:
+            self._fail(str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_timers()
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(
+                f"connection closed during the handshake{f': {exc}' if exc else ''}"))
+        code = self._close_code if self._close_code is not None else 1006
+        self.stream._closed(self, code, self._close_reason or (str(exc) if exc else ""))
+
+    # -- handshake (RFC 6455 §4.1) --------------------------------------------------
+    def _check_handshake(self, head: bytes) -> None:
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or parts[1] != b"101":
+            status = parts[1].decode("latin-1") if len(parts) > 1 else "?"
+            phrase = parts[2].decode("latin-1") if len(parts) > 2 else ""
+            raise _WebSocketError(f"handshake refused: HTTP {status} {phrase}".rstrip())
+        fields: dict[bytes, bytes] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b":")
+            if sep:
+                fields[name.strip().lower()] = value.strip()
+        accept = base64.b64encode(hashlib.sha1(self.key + _WS_GUID).digest())
+        if fields.get(b"sec-websocket-accept") != accept:
+            raise _WebSocketError("handshake: wrong Sec-WebSocket-Accept")
+        if fields.get(b"upgrade", b"").lower() != b"websocket":
+            raise _WebSocketError("handshake: no Upgrade: websocket")
+
+    # -- frames (RFC 6455 §5) ---------------------------------------------------------
+    def _frames(self) -> None:
+        buf = self._buf
+        while len(buf) >= 2:
+            b0, b1 = buf[0], buf[1]
+            if b0 & 0x70:
+                raise _WebSocketError("reserved bits set (no extension was negotiated)")
+            opcode = b0 & 0x0F
+            length = b1 & 0x7F
+            pos = 2
+            if length == 126:
+                if len(buf) < 4:
+                    return
+                length = int.from_bytes(buf[2:4], "big")
+                pos = 4
+            elif length == 127:
+                if len(buf) < 10:
+                    return
+                length = int.from_bytes(buf[2:10], "big")
+                pos = 10
+            masked = b1 & 0x80
+            if masked:  # §5.1: servers do not mask, but a masked frame is still readable
+                pos += 4
+            if length > _WS_MAX_MESSAGE:
+                raise _WebSocketError("frame too large")
+            if len(buf) < pos + length:
+                return
+            payload = bytes(buf[pos:pos + length])
+            if masked:
+                payload = _unmask(bytes(buf[pos - 4:pos]), payload)
+            del buf[:pos + length]
+            self._frame(bool(b0 & 0x80), opcode, payload)
+            if self.transport is None or self.transport.is_closing():
+                return
+
+    def _frame(self, fin: bool, opcode: int, payload: bytes) -> None:
+        if opcode >= 8:  # control frames (§5.5): never fragmented, at most 125 bytes
+            if not fin or len(payload) > 125:
+                raise _WebSocketError("bad control frame")
+            if opcode == 8:
+                self._on_close(payload)
+            elif opcode == 9:
+                self._send(0xA, payload)
+            elif opcode == 0xA:
+                if self._pong_deadline is not None:
+                    self._pong_deadline.cancel()
+                    self._pong_deadline = None
+            else:
+                raise _WebSocketError(f"unknown opcode {opcode}")
+            return
+        if opcode == 0:
+            if not self._message:
+                raise _WebSocketError("continuation without a message")
+        elif opcode in (1, 2):
+            if self._message:
+                raise _WebSocketError("new message inside a fragmented one")
+        else:
+            raise _WebSocketError(f"unknown opcode {opcode}")
+        if fin and not self._message:
+            self.stream._message(payload)
+            return
+        self._message.append(payload)
+        self._message_size += len(payload)
+        if self._message_size > _WS_MAX_MESSAGE:
+            raise _WebSocketError("message too large")
+        if fin:
+            whole = b"".join(self._message)
+            self._message.clear()
+            self._message_size = 0
+            self.stream._message(whole)
+
+    def _on_close(self, payload: bytes) -> None:
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        self._close_code = code
+        self._close_reason = payload[2:].decode("utf-8", "replace")
+        if not self._closing:
+            self._closing = True
+            self._send(8, payload[:2])  # §5.5.1: echo the status code
+        if self.transport is not None:
+            self.transport.close()
+
+    def _send(self, opcode: int, payload: bytes) -> None:
+        """One masked frame (§5.3: a client masks every frame)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        mask = os.urandom(4)
+        transport.write(bytes((0x80 | opcode, 0x80 | len(payload))) + mask
+                        + _unmask(mask, payload))
+
+    def close(self, code: int = 1000) -> None:
+        """Send our close frame and close the connection once it is written (we are
+        leaving: the server's answering close is not waited for)."""
+        if self.transport is None:
+            return
+        if not self._closing:
+            self._closing = True
+            self._send(8, code.to_bytes(2, "big"))
+        self.transport.close()
+
+    def _fail(self, why: str) -> None:
+        self.stream.last_error = why
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(why))
+        self._close_code = 1002 if self._open else None
+        self._close_reason = why
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- keep-alive (the autobahn options we used: ping every 20 s, 10 s for the pong) --
+    def _arm_ping(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._ping = loop.call_later(_WS_PING_INTERVAL, self._send_ping)
+
+    def _send_ping(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self._send(9, os.urandom(8))
+        if self._pong_deadline is None:
+            loop = asyncio.get_running_loop()
+            self._pong_deadline = loop.call_later(_WS_PING_TIMEOUT, self._pong_missing)
+        self._arm_ping()
+
+    def _pong_missing(self) -> None:
+        self._pong_deadline = None
+        self._close_reason = "no pong within the keep-alive timeout"
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _stop_timers(self) -> None:
+        for handle in (self._ping, self._pong_deadline):
+            if handle is not None:
+                handle.cancel()
+        self._ping = self._pong_deadline = None
+
+
+def _unmask(mask: bytes, payload: bytes) -> bytes:
+    if not payload:
+        return b""
+    n = len(payload)
+    key = int.from_bytes((mask * (n // 4 + 1))[:n], "big")
+    return (int.from_bytes(payload, "big") ^ key).to_bytes(n, "big")
 
 
 class EventStream:
@@ -511,7 +722,7 @@ class EventStream:
         self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
         self._ready = asyncio.Event()
         self._disconnected = asyncio.Event()
-        self._proto: _EventProtocol | None = None
+        self._proto: _EventSocket | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.last_error = ""
@@ -546,11 +757,9 @@ class EventStream:
 
     async def close(self) -> None:
         self._closing = True
-        proto: Any = self._proto
+        proto = self._proto
         if proto is not None:
-            proto.sendClose()
-            if proto.transport is not None:
-                proto.transport.loseConnection()
+            proto.close()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -584,24 +793,29 @@ class EventStream:
             delay = min(delay * 2, 10.0)
 
     async def _connect(self) -> None:
+        """Open the WebSocket (RFC 6455 §4.1) and wait for the server's handshake."""
         c = self._client
-        url = c._ws_url(self._users, self._last)
-        factory = _EventFactory(url, headers={"Authorization": f"Bearer {c._token}"})
-        factory.stream = self
-
-        class Proto(_EventProtocol):
-            pass
-        Proto.stream = self
-        factory.protocol = Proto
-        factory.setProtocolOptions(autoPingInterval=20, autoPingTimeout=10)
-        ctx = None
-        if url.startswith("wss"):
-            ctx = ssl.optionsForClientTLS(c._host, trustRoot=c._trust) if c._trust else \
-                ssl.optionsForClientTLS(c._host)
-        connectWS(factory, contextFactory=ctx, timeout=c._timeout)
-
-    def _opened(self, proto: _EventProtocol) -> None:
-        self._proto = proto
+        key = base64.b64encode(os.urandom(16))
+        loop = asyncio.get_running_loop()
+        proto = _EventSocket(self, key)
+        request = (f"GET {c._ws_target(self._users, self._last)} HTTP/1.1\r\n"
+                   f"Host: {c._netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   f"Sec-WebSocket-Key: {key.decode()}\r\nSec-WebSocket-Version: 13\r\n"
+                   f"Authorization: Bearer {c._token}\r\n\r\n").encode("latin-1")
+        try:
+            async with asyncio.timeout(c._timeout):
+                await loop.create_connection(
+                    lambda: proto, c._host, c._port, ssl=c._tls,
+                    server_hostname=c._host if c._tls is not None else None)
+                self._proto = proto
+                assert proto.transport is not None
+                proto.transport.write(request)
+                await proto.handshake
+        except BaseException:
+            self._proto = None  # its connection_lost is not a disconnection of ours
+            if proto.transport is not None:
+                proto.transport.abort()
+            raise
 
     def _message(self, payload: bytes) -> None:
         try:
@@ -623,7 +837,9 @@ class EventStream:
             self._client.metrics.events.inc()
         self._queue.put_nowait(ev)
 
-    def _closed(self, code: int | None, reason: str | None) -> None:
+    def _closed(self, proto: _EventSocket, code: int | None, reason: str | None) -> None:
+        if proto is not self._proto:
+            return  # a connection given up on already (failed handshake)
         self._proto = None
         if code != 1000:
             self.last_error = f"closed {code} {reason or ''}".strip()
