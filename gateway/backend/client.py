@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -148,9 +147,7 @@ class BackendClient:
         kind = ""
         try:
             try:
-                # a deadline on this task, not a task per request (asyncio.wait_for)
-                async with asyncio.timeout(self._timeout):
-                    status, raw = await self._http.exchange(wire, method)
+                status, raw = await self._http.exchange(wire, method, self._timeout)
             except TimeoutError:
                 kind = "timeout"
                 raise BackendUnavailable(f"{op}: backend did not answer within "
@@ -346,15 +343,177 @@ class _HttpProtocolError(Exception):
     """The backend's answer is not HTTP/1.1 we can read."""
 
 
-class _HttpConnection:
-    __slots__ = ("reader", "writer")
+class _HttpConnection(asyncio.Protocol):
+    """One persistent HTTP/1.1 connection, one request at a time. The answer is read
+    from the bytes as they arrive (no stream reader and no await per header line): the
+    request's future gets (status, keep-alive, body) once the answer is whole."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._buf = bytearray()
+        self._waiter: asyncio.Future[tuple[int, bool, bytes]] | None = None
+        self._method = ""
+        self._got_any = False  # an answer byte arrived for the request in flight
+        self._head: tuple[int, bool, int, bool] | None = None  # status, keep, length, chunked
+        self._body_at = 0
+        self._chunks: list[bytes] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if self._waiter is None:
+            return  # bytes nobody asked for: the connection is not reused (see idle())
+        self._got_any = True
+        try:
+            done = self._parse()
+        except _HttpProtocolError as exc:
+            self._finish(exc=exc)
+            return
+        if done is not None:
+            self._finish(result=done)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._waiter is None:
+            return
+        head = self._head
+        if head is not None and head[2] < 0 and not head[3]:
+            # a body delimited by the close (RFC 9112 §6.3)
+            self._finish(result=(head[0], False, bytes(self._buf[self._body_at:])))
+        elif not self._got_any:
+            self._finish(exc=_StaleConnection())
+        else:
+            self._finish(exc=asyncio.IncompleteReadError(bytes(self._buf), None))
+
+    # -- one request ---------------------------------------------------------------
+    def idle(self) -> bool:
+        """Fit to carry the next request: open, nothing unasked-for received."""
+        return not self.closed and not self._buf and self.transport is not None \
+            and not self.transport.is_closing()
+
+    def request(self, wire: bytes, method: str, deadline: float
+                ) -> asyncio.Future[tuple[int, bool, bytes]]:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[tuple[int, bool, bytes]] = loop.create_future()
+        self._waiter = waiter
+        self._method = method
+        self._got_any = False
+        self._head = None
+        self._chunks = []
+        # a deadline handle per request (cheaper than asyncio.timeout around the await)
+        self._timer = loop.call_at(deadline, self._timed_out)
+        assert self.transport is not None
+        self.transport.write(wire)
+        return waiter
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        self._finish(exc=TimeoutError())
+
+    def _finish(self, *, result: tuple[int, bool, bytes] | None = None,
+                exc: BaseException | None = None) -> None:
+        waiter, self._waiter = self._waiter, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if exc is not None or result is None or not result[1]:
+            self.close()
+        if waiter is None or waiter.done():
+            return
+        if exc is not None:
+            waiter.set_exception(exc)
+        elif result is not None:
+            waiter.set_result(result)
+
+    def _parse(self) -> tuple[int, bool, bytes] | None:
+        """The whole answer once it is in the buffer (consumed), else None."""
+        buf = self._buf
+        head = self._head
+        if head is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                # the header section ends with an empty line (RFC 9112 §2.1)
+                if len(buf) > 65536:
+                    raise _HttpProtocolError("response header section too large")
+                return None
+            head = self._head = _read_head(bytes(buf[:end + 2]))
+            self._body_at = end + 4
+        status, keep, length, chunked = head
+        at = self._body_at
+        if self._method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+            del buf[:at]
+            return status, keep, b""
+        if chunked:
+            while True:
+                eol = buf.find(b"\r\n", at)
+                if eol < 0:
+                    return None
+                try:
+                    size = int(bytes(buf[at:eol]).split(b";", 1)[0].strip(), 16)
+                except ValueError:
+                    raise _HttpProtocolError("bad chunk size") from None
+                if size == 0:
+                    # trailer fields (RFC 9112 §7.1.2), up to the empty line
+                    if buf.startswith(b"\r\n", eol + 2):
+                        del buf[:eol + 4]
+                        return status, keep, b"".join(self._chunks)
+                    end = buf.find(b"\r\n\r\n", eol + 2)
+                    if end < 0:
+                        return None
+                    del buf[:end + 4]
+                    return status, keep, b"".join(self._chunks)
+                if len(buf) < eol + 2 + size + 2:
+                    return None
+                self._chunks.append(bytes(buf[eol + 2:eol + 2 + size]))
+                at = self._body_at = eol + 2 + size + 2
+        if length >= 0:
+            if len(buf) < at + length:
+                return None
+            body = bytes(buf[at:at + length])
+            del buf[:at + length]
+            return status, keep, body
+        return None  # delimited by the close: connection_lost finishes it
 
     def close(self) -> None:
-        self.writer.close()
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _read_head(head: bytes) -> tuple[int, bool, int, bool]:
+    """(status, keep-alive, Content-Length or -1, chunked) of a response header section
+    (status line and fields, each ending in CRLF)."""
+    line, _, rest = head.partition(b"\r\n")
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise _HttpProtocolError(f"bad status line {line[:60]!r}")
+    status = int(parts[1])
+    keep = parts[0] == b"HTTP/1.1"
+    length = -1
+    chunked = False
+    for h in rest.split(b"\r\n"):
+        name, sep, value = h.partition(b":")
+        if not sep:
+            continue
+        name = name.strip().lower()
+        if name == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                raise _HttpProtocolError("bad Content-Length") from None
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            v = value.strip().lower()
+            keep = keep and v != b"close" or v == b"keep-alive"
+    if length < 0 and not chunked:
+        keep = False  # the body runs to the close
+    return status, keep, length, chunked
 
 
 class _HttpPool:
@@ -371,98 +530,44 @@ class _HttpPool:
         self._busy: set[_HttpConnection] = set()
 
     async def _open(self) -> _HttpConnection:
-        reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self.tls,
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            _HttpConnection, self.host, self.port, ssl=self.tls,
             server_hostname=self.host if self.tls is not None else None)
-        return _HttpConnection(reader, writer)
+        return conn
 
-    async def exchange(self, wire: bytes, method: str) -> tuple[int, bytes]:
-        """Send one request, return (status, body)."""
+    async def exchange(self, wire: bytes, method: str, timeout: float) -> tuple[int, bytes]:
+        """Send one request, return (status, body); TimeoutError after ``timeout``."""
+        deadline = asyncio.get_running_loop().time() + timeout
         while self._idle:
             conn = self._idle.pop()
-            if conn.reader.at_eof() or conn.writer.is_closing():
+            if not conn.idle():
                 conn.close()
                 continue
             try:
-                return await self._on(conn, wire, method, reused=True)
+                return await self._on(conn, wire, method, deadline)
             except _StaleConnection:
                 continue  # closed by the server while idle: nothing was processed
-        return await self._on(await self._open(), wire, method, reused=False)
+        async with asyncio.timeout_at(deadline):  # only a new connection's set-up
+            conn = await self._open()
+        try:
+            return await self._on(conn, wire, method, deadline)
+        except _StaleConnection:
+            raise ConnectionError("connection closed before any answer") from None
 
-    async def _on(self, conn: _HttpConnection, wire: bytes, method: str, *,
-                  reused: bool) -> tuple[int, bytes]:
+    async def _on(self, conn: _HttpConnection, wire: bytes, method: str,
+                  deadline: float) -> tuple[int, bytes]:
         self._busy.add(conn)
         keep = False
         try:
-            conn.writer.write(wire)
-            try:
-                line = await conn.reader.readuntil(b"\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError) as exc:
-                if reused and not getattr(exc, "partial", b""):
-                    raise _StaleConnection from None
-                raise
-            status, keep, body = await self._response(conn.reader, line, method)
+            status, keep, body = await conn.request(wire, method, deadline)
             return status, body
         finally:
             self._busy.discard(conn)
-            if keep and len(self._idle) < self.max_idle:
+            if keep and len(self._idle) < self.max_idle and conn.idle():
                 self._idle.append(conn)
             else:
                 conn.close()
-
-    @staticmethod
-    async def _response(reader: asyncio.StreamReader, line: bytes, method: str
-                        ) -> tuple[int, bool, bytes]:
-        parts = line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise _HttpProtocolError(f"bad status line {line[:60]!r}")
-        status = int(parts[1])
-        keep = parts[0] == b"HTTP/1.1"
-        length = -1
-        chunked = False
-        # the header section ends with an empty line (RFC 9112 §2.1), which may come first
-        lines: list[bytes] = []
-        size = 0
-        while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-            lines.append(line)
-            size += len(line)
-            if size > 65536:
-                raise _HttpProtocolError("response header section too large")
-        for h in b"".join(lines).split(b"\r\n"):
-            name, sep, value = h.partition(b":")
-            if not sep:
-                continue
-            name = name.strip().lower()
-            if name == b"content-length":
-                try:
-                    length = int(value.strip())
-                except ValueError:
-                    raise _HttpProtocolError("bad Content-Length") from None
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                v = value.strip().lower()
-                keep = keep and v != b"close" or v == b"keep-alive"
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            return status, keep, b""
-        if chunked:
-            chunks = []
-            while True:
-                size_line = await reader.readuntil(b"\r\n")
-                try:
-                    size = int(size_line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise _HttpProtocolError("bad chunk size") from None
-                if size == 0:
-                    while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                        pass  # trailer fields
-                    break
-                chunks.append(await reader.readexactly(size))
-                await reader.readexactly(2)
-            return status, keep, b"".join(chunks)
-        if length >= 0:
-            return status, keep, await reader.readexactly(length)
-        return status, False, await reader.read()  # delimited by the close (RFC 9112 §6.3)
 
     async def close(self) -> None:
         conns = self._idle + list(self._busy)
@@ -470,9 +575,6 @@ class _HttpPool:
         self._busy.clear()
         for conn in conns:
             conn.close()
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                await conn.writer.wait_closed()
 
 
 class _StaleConnection(Exception):
