@@ -244,7 +244,8 @@ class B2BUA:
         self._inbound: dict[tuple[str, str], _Inbound] = {}
         self._acks: dict[tuple[str, str, int], asyncio.Event] = {}
         self._local: dict[tuple[str, str, str], Dialog] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        # call (or endpoint) -> its events waiting for the one task handling that key
+        self._serial: dict[str, list[Event]] = {}
         # endpoint id -> (user, monotonic time its backend lifetime ends, lifetime granted)
         self._endpoints: dict[str, tuple[str, float, int]] = {}
         self._aors: dict[str, str] = {}  # device id -> AOR, from Registration events
@@ -272,7 +273,7 @@ class B2BUA:
         since = await self.legs.last_event(self.event_node)
         users = (self.config.event_user,) if self.config.event_user else ()
         self._stream = gw.backend.events(users, since)
-        self._spawn(self._consume_events())
+        self._stream.deliver_to(self._on_backend_event)
         self._spawn(self._session_timer_loop())
         try:
             await self._stream.ready(10.0)
@@ -294,12 +295,6 @@ class B2BUA:
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         return self._tasks.spawn(coro)
-
-    def _lock(self, key: str) -> asyncio.Lock:
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
-        return lock
 
     # -- helpers ----------------------------------------------------------------------
     def _now(self) -> float:
@@ -1041,23 +1036,34 @@ class B2BUA:
                 await self.legs.save(fresh, se_deadline=self._se_deadline(fresh))
 
     # -- backend events -------------------------------------------------------------------
-    async def _consume_events(self) -> None:
-        assert self._stream is not None
-        async for ev in self._stream:
-            if ev.id:
-                self.legs.note_last_event(self.event_node, ev.id)
-            key = ev.call_id or ev.endpoint_id
-            self._spawn(self._dispatch_locked(key, ev))
+    def _on_backend_event(self, ev: Event) -> None:
+        """Each event as the stream reads it. A call's events are handled one after the
+        other, in stream order, by one task per call at a time; other calls' events run
+        alongside."""
+        if ev.id:
+            self.legs.note_last_event(self.event_node, ev.id)
+        key = ev.call_id or ev.endpoint_id
+        waiting = self._serial.get(key)
+        if waiting is not None:
+            waiting.append(ev)  # the task handling this key takes it next
+            return
+        self._serial[key] = []
+        self._spawn(self._dispatch_serial(key, ev))
 
-    async def _dispatch_locked(self, key: str, ev: Event) -> None:
-        async with self._lock(key):
-            try:
-                await self._dispatch(ev)
-            except Exception:  # noqa: BLE001 - one bad event must not stop the stream
-                log.exception("handling backend event %s for %s failed", ev.type, ev.call_id)
-        lock = self._locks.get(key)
-        if lock is not None and not lock.locked():
-            self._locks.pop(key, None)
+    async def _dispatch_serial(self, key: str, ev: Event) -> None:
+        try:
+            while True:
+                try:
+                    await self._dispatch(ev)
+                except Exception:  # noqa: BLE001 - one bad event must not stop the stream
+                    log.exception("handling backend event %s for %s failed", ev.type,
+                                  ev.call_id)
+                waiting = self._serial.get(key)
+                if not waiting:
+                    break
+                ev = waiting.pop(0)
+        finally:
+            self._serial.pop(key, None)
 
     async def _dispatch(self, ev: Event) -> None:
         if not ev.call_id:

@@ -28,7 +28,7 @@ import logging
 import os
 import ssl as std_ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode, urlparse
 
@@ -827,7 +827,15 @@ class EventStream:
         self._proto: _EventSocket | None = None
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        self._deliver: Callable[[Event], None] | None = None
         self.last_error = ""
+
+    def deliver_to(self, callback: Callable[[Event], None]) -> None:
+        """Hand every event to ``callback`` as it is read, instead of queueing it for
+        ``async for`` / ``next()``: a consumer that only routes events (the B2BUA) saves
+        a queue hand-off and a loop turn per event. Starts the stream."""
+        self._deliver = callback
+        self._start()
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iter()
@@ -937,7 +945,14 @@ class EventStream:
             self._last = ev.id
         if self._client.metrics is not None:
             self._client.metrics.events.inc()
-        self._queue.put_nowait(ev)
+        deliver = self._deliver
+        if deliver is None:
+            self._queue.put_nowait(ev)
+            return
+        try:
+            deliver(ev)
+        except Exception:  # noqa: BLE001 - one bad event must not end the stream
+            log.exception("handling backend event %s failed", ev.type)
 
     def _closed(self, proto: _EventSocket, code: int | None, reason: str | None) -> None:
         if proto is not self._proto:

@@ -674,6 +674,13 @@ class SimAction:
                    digits=digits.upper())
 
 
+# Event's string fields and their length limits, in the order they are checked
+_EVENT_STRINGS = (("id", 64), ("call_id", MAX_ID), ("user", MAX_ID), ("endpoint_id", MAX_ID),
+                  ("sdp", MAX_SDP), ("reason", 64), ("caller", 320), ("callee", 320),
+                  ("digits", 32))
+_EVENT_KNOWN = frozenset({"v", "type", "dnd", *(k for k, _ in _EVENT_STRINGS)})
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One event of the ``/v1/events`` WebSocket stream.
@@ -716,20 +723,21 @@ class Event:
         if v != SCHEMA_VERSION:
             raise SchemaError(f"v: unsupported event version {v!r}")
         etype = _str(o, "type", max_len=64)
-        known = {"v", "type", "id", "call_id", "user", "endpoint_id", "sdp", "reason",
-                 "caller", "callee", "digits", "dnd"}
         dnd = o.get("dnd")
         if dnd is not None and not isinstance(dnd, bool):
             raise SchemaError("dnd: expected true or false")
-        return cls(
-            type=etype, id=_str(o, "id", required=False, max_len=64),
-            call_id=_str(o, "call_id", required=False, max_len=MAX_ID),
-            user=_str(o, "user", required=False, max_len=MAX_ID),
-            endpoint_id=_str(o, "endpoint_id", required=False, max_len=MAX_ID),
-            sdp=_str(o, "sdp", required=False, max_len=MAX_SDP),
-            reason=_str(o, "reason", required=False, max_len=64),
-            caller=_str(o, "caller", required=False, max_len=320),
-            callee=_str(o, "callee", required=False, max_len=320),
-            digits=_str(o, "digits", required=False, max_len=32),
-            dnd=dnd, extra={k: val for k, val in o.items() if k not in known},
-        )
+        # one pass over the fields (events arrive several per call): the string fields'
+        # checks are _str's, in the same order, so the first bad field is the one named
+        fields: dict[str, Any] = {}
+        for key, limit in _EVENT_STRINGS:
+            val = o.get(key)
+            if val is None and key not in o:
+                continue
+            if not isinstance(val, str):
+                raise SchemaError(f"{key}: expected a string, got {_tname(val)}")
+            if len(val) > limit:
+                raise SchemaError(f"{key}: longer than {limit} characters")
+            fields[key] = val
+        extra = {k: val for k, val in o.items() if k not in _EVENT_KNOWN} \
+            if len(o) > len(fields) + 2 + ("dnd" in o) else {}
+        return cls(type=etype, dnd=dnd, extra=extra, **fields)
