@@ -242,7 +242,8 @@ class B2BUA:
         self._creating = 0
         self._early_events: dict[str, list[Event]] = {}
         self._inbound: dict[tuple[str, str], _Inbound] = {}
-        self._acks: dict[tuple[str, str, int], asyncio.Event] = {}
+        # 2xx awaiting their ACK: the future is set True by the ACK, False on giving up
+        self._acks: dict[tuple[str, str, int], asyncio.Future[bool]] = {}
         self._local: dict[tuple[str, str, str], Dialog] = {}
         # call (or endpoint) -> its events waiting for the one task handling that key
         self._serial: dict[str, list[Event]] = {}
@@ -287,6 +288,8 @@ class B2BUA:
         self._stopped = True
         if self._stream is not None:
             await self._stream.close()
+        for fut in list(self._acks.values()):
+            fut.cancel()  # their retransmission timers with them
         await self._tasks.cancel()
         await self.legs.flush_last_event()
         await self.legs.close()
@@ -657,9 +660,10 @@ class B2BUA:
         self.metrics.final("out", 200)
         self.metrics.setup_time("out", self._now() - out.started)
         self.metrics.active.inc()
-        self._expect_ack(response)
+        ack_key = (request.call_id, out.tag, request.cseq.number)  # the 2xx's, unparsed
+        self._expect_ack(response, ack_key)
         self._respond(out.event.key, response)
-        self._spawn(self._await_ack(out.event.key, response, leg))
+        self._watch_ack(out.event.key, response, leg, ack_key=ack_key)
 
     def _se_deadline(self, leg: Leg) -> float | None:
         if not leg.session_expires:
@@ -673,42 +677,75 @@ class B2BUA:
         # uac/uas refer to the roles on the dialog-creating INVITE
         return (leg.refresher == "uas") == (leg.direction == "out")
 
-    def _expect_ack(self, response: SipResponse) -> asyncio.Event:
-        """The event the ACK of this 2xx sets. ACKs are handled at once (no task), so
-        it is registered before the 2xx goes out, not when the waiting task first runs."""
-        ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
-        ev = self._acks.get(ack_key)
-        if ev is None:
-            ev = self._acks[ack_key] = asyncio.Event()
-        return ev
+    def _expect_ack(self, response: SipResponse,
+                     ack_key: tuple[str, str, int] | None = None) -> asyncio.Future[bool]:
+        """The future the ACK of this 2xx sets. ACKs are handled at once (no task), so
+        it is registered before the 2xx goes out, not when the watch starts."""
+        if ack_key is None:
+            ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
+        fut = self._acks.get(ack_key)
+        if fut is None:
+            fut = self._acks[ack_key] = asyncio.get_running_loop().create_future()
+        return fut
+
+    def _watch_ack(self, key: TransactionKey, response: SipResponse, leg: Leg | None, *,
+                   peer_reliable: bool | None = None,
+                   ack_key: tuple[str, str, int] | None = None) -> asyncio.Future[bool]:
+        """RFC 3261 §13.3.1.4: retransmit the 2xx (T1 doubling to T2) until the ACK; no
+        ACK within 64*T1 ends the dialog with a BYE. Timer callbacks, not a task per
+        answered call; the future says whether the ACK came."""
+        if ack_key is None:
+            ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
+        fut = self._expect_ack(response, ack_key)
+        reliable = peer_reliable if peer_reliable is not None else (
+            leg is not None and leg.get_peer().reliable)
+        loop = asyncio.get_running_loop()
+        t2, limit = self.config.t2, 64 * self.config.t1
+        interval, waited = self.config.t1, 0.0
+        handle: asyncio.TimerHandle | None = None
+
+        def arm() -> None:
+            nonlocal handle
+            wait = interval if not reliable else limit - waited
+            handle = loop.call_later(wait, expired, wait)
+
+        def expired(wait: float) -> None:
+            nonlocal interval, waited
+            if fut.done():
+                return
+            waited += wait
+            if waited < limit:
+                if not reliable:
+                    self._respond(key, response)
+                interval = min(interval * 2, t2)
+                arm()
+                return
+            fut.set_result(False)
+            if leg is not None:
+                log.info("no ACK for call %s: ending it", response.call_id)
+                self._spawn(self._end_leg(leg, bye_phone=True, hangup_backend=True))
+
+        def finished(_: asyncio.Future[bool]) -> None:
+            if handle is not None:
+                handle.cancel()
+            if self._acks.get(ack_key) is fut:
+                del self._acks[ack_key]
+
+        if not fut.done():
+            arm()
+        fut.add_done_callback(finished)
+        return fut
 
     async def _await_ack(self, key: TransactionKey, response: SipResponse, leg: Leg | None,
                          *, peer_reliable: bool | None = None) -> bool:
-        """RFC 3261 §13.3.1.4: retransmit the 2xx (T1 doubling to T2) until the ACK; no
-        ACK within 64*T1 ends the dialog with a BYE."""
-        ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
-        ev = self._expect_ack(response)
-        reliable = peer_reliable if peer_reliable is not None else (
-            leg is not None and leg.get_peer().reliable)
-        interval, waited, limit = self.config.t1, 0.0, 64 * self.config.t1
+        """``_watch_ack``, awaited: True when the ACK came."""
+        fut = self._watch_ack(key, response, leg, peer_reliable=peer_reliable)
         try:
-            while waited < limit:
-                wait = interval if not reliable else limit - waited
-                try:
-                    async with asyncio.timeout(wait):  # no task per wait (wait_for)
-                        await ev.wait()
-                    return True
-                except TimeoutError:
-                    waited += wait
-                    if not reliable and waited < limit:
-                        self._respond(key, response)
-                    interval = min(interval * 2, self.config.t2)
-        finally:
-            self._acks.pop(ack_key, None)
-        if leg is not None:
-            log.info("no ACK for call %s: ending it", response.call_id)
-            await self._end_leg(leg, bye_phone=True, hangup_backend=True)
-        return False
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if not fut.done():
+                fut.cancel()  # the waiter went away: stop retransmitting
+            raise
 
     # -- feature codes ------------------------------------------------------------------
     async def _feature(self, event: RequestReceived, device: Any, target: DialTarget,
@@ -780,9 +817,9 @@ class B2BUA:
             key = (request.call_id, request.to.tag or "", request.cseq.number)
         except SipParseError:
             return None
-        ev = self._acks.get(key)
-        if ev is not None:
-            ev.set()
+        fut = self._acks.get(key)
+        if fut is not None and not fut.done():
+            fut.set_result(True)
         return None
 
     async def _handle_ack_request(self, event: RequestReceived) -> None:
@@ -890,8 +927,7 @@ class B2BUA:
         if response.status == 200:
             self._expect_ack(response)
             self._respond(event.key, response)
-            self._spawn(self._await_ack(event.key, response, None,
-                                        peer_reliable=event.peer.reliable))
+            self._watch_ack(event.key, response, None, peer_reliable=event.peer.reliable)
             return None
         return response
 

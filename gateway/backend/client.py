@@ -158,7 +158,8 @@ class BackendClient:
             if status == 204:
                 return None
             try:
-                payload = json.loads(raw) if raw else None
+                # decoded here: json.loads would first guess the encoding of bytes
+                payload = json.loads(raw.decode("utf-8")) if raw else None
             except (UnicodeDecodeError, ValueError):
                 kind = "protocol"
                 raise BackendUnavailable(f"{op}: backend sent a non-JSON body "

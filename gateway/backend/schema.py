@@ -83,7 +83,9 @@ def _tname(v: Any) -> str:
             dict: "object"}.get(type(v), type(v).__name__)
 
 
-def _only(obj: dict[str, Any], allowed: set[str], what: str) -> None:
+def _only(obj: dict[str, Any], allowed: set[str] | frozenset[str], what: str) -> None:
+    if allowed.issuperset(obj):  # the common case builds no set
+        return
     extra = sorted(set(obj) - allowed)
     if extra:
         raise SchemaError(f"{what}: unknown field {extra[0]!r}")
@@ -313,6 +315,11 @@ def _sdp(o: dict[str, Any], key: str, *, required: bool = True) -> str:
     return v
 
 
+_CALL_KEYS = frozenset({"call_id", "state", "from_user", "from_endpoint", "target",
+                        "callee_user", "answered_endpoint", "sdp_answer", "end_reason",
+                        "location", "created"})
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """A call record (``GET /v1/calls/{id}``, response of ``POST /v1/calls``)."""
@@ -340,9 +347,7 @@ class Call:
     @classmethod
     def from_json(cls, obj: Any) -> Self:
         o = _obj(obj, "call")
-        keys = {"call_id", "state", "from_user", "from_endpoint", "target", "callee_user",
-                "answered_endpoint", "sdp_answer", "end_reason", "location", "created"}
-        _only(o, keys, "call")
+        _only(o, _CALL_KEYS, "call")
         created = o.get("created", 0.0)
         if not isinstance(created, int | float) or isinstance(created, bool):
             raise SchemaError("created: expected a number")
