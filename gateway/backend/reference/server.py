@@ -402,6 +402,26 @@ class EventStreamProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         pass  # the stream is one-way; pings are answered by autobahn
 
+    def _send_event(self, data: bytes) -> None:
+        """One event as one unmasked text frame (RFC 6455 §5.2), written straight to the
+        transport: the stream sends several per call and autobahn's ``sendMessage``
+        (checks, statistics, fragmentation and compression choices per frame) cost more
+        than the frame. Anything but a plain open connection goes through autobahn."""
+        transport: Any = self.transport
+        if self.state != WebSocketServerProtocol.STATE_OPEN or transport is None or \
+                self._perMessageCompress is not None or getattr(self, "autoFragmentSize", None) \
+                or 0 < (getattr(self, "maxMessagePayloadSize", None) or 0) < len(data):
+            self.sendMessage(data)
+            return
+        n = len(data)
+        if n < 126:
+            head = bytes((0x81, n))
+        elif n < 65536:
+            head = b"\x81\x7e" + n.to_bytes(2, "big")
+        else:
+            head = b"\x81\x7f" + n.to_bytes(8, "big")
+        transport.write(head + data)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._gone = True
         self.factory.clients.discard(self)
@@ -439,13 +459,13 @@ class EventStreamProtocol(WebSocketServerProtocol):
                         last = _s(eid)
                         raw = _field(fields, b"e")
                         if not self._users:
-                            self.sendMessage(_with_id(raw, last))
+                            self._send_event(_with_id(raw, last))
                             continue
                         ev = json.loads(_s(raw))
                         if ev.get("user") not in self._users:
                             continue
                         ev["id"] = last
-                        self.sendMessage(json.dumps(ev).encode("utf-8"))
+                        self._send_event(json.dumps(ev).encode("utf-8"))
         except asyncio.CancelledError:
             raise
         except Exception:
