@@ -368,11 +368,13 @@ local function purge(hkey, zkey, now)
   end
   return #gone
 end
+-- the AOR's keys' TTL and index entry after a change; its latest expiry (nil: none left)
 local function retime(hkey, zkey, ikey, aor, slack, now)
   local last = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
   if #last == 0 then
     redis.call('DEL', hkey, zkey)
     redis.call('ZREM', ikey, aor)
+    return nil
   else
     -- relative TTL: the caller's clock, not the server's, defines "now"
     local ttl = math.max(1, math.ceil((tonumber(last[2]) - now + slack) * 1000))
@@ -382,9 +384,27 @@ local function retime(hkey, zkey, ikey, aor, slack, now)
     -- the AORs that are due instead of the whole fleet
     local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
     redis.call('ZADD', ikey, first[2], aor)
+    return last[2]
   end
 end
-"""
+-- the device's entry in the active-registrations count of its vendor/model/verdict
+local function count_active(device, vendor, model, old, new, latest)
+  local base = (vendor or '') .. '\t' .. (model or '') .. '\t'
+  local verdict = new or old or ''
+  if old and old ~= verdict then redis.call('ZREM', '@ACTIVE@' .. base .. old, device) end
+  if latest then
+    redis.call('ZADD', '@ACTIVE@' .. base .. verdict, latest, device)
+    redis.call('SADD', '@LABELS@', base .. verdict)
+  else
+    redis.call('ZREM', '@ACTIVE@' .. base .. verdict, device)
+  end
+end
+local function uncount_active(device)
+  for _, label in ipairs(redis.call('SMEMBERS', '@LABELS@')) do
+    redis.call('ZREM', '@ACTIVE@' .. label, device)
+  end
+end
+""".replace("@ACTIVE@", keys.ACTIVE_PREFIX).replace("@LABELS@", keys.active_labels())
 
 # KEYS: 1 bindings hash, 2 expiry zset, 3 reg index; ARGV: 1 now, 2 aor, 3 key slack
 _PURGE_LUA = _COMMON_LUA + """
@@ -407,7 +427,10 @@ if ARGV[5] == '1' then
 end
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-retime(KEYS[1], KEYS[2], KEYS[3], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8]))
+if not retime(KEYS[1], KEYS[2], KEYS[3], ARGV[6], tonumber(ARGV[7]), tonumber(ARGV[8])) then
+  local ok, b = pcall(cjson.decode, raw)
+  if ok and type(b['device_id']) == 'string' then uncount_active(b['device_id']) end
+end
 return 1
 """
 
@@ -465,7 +488,8 @@ elseif nc > 1 then
 end
 -- the device's pairing, for listeners (e.g. the B2BUA's endpoint sync) to skip a read;
 -- a device hash always has device_id: none means the device is gone
-local su = redis.call('HMGET', KEYS[5], 'device_id', 'state', 'user')
+local su = redis.call('HMGET', KEYS[5], 'device_id', 'state', 'user', 'vendor', 'model',
+                      'fw_compliance')
 if not su[1] then return {'gone', ''} end
 local nf = tonumber(ARGV[14])
 redis.call('HSET', KEYS[5], 'last_seen', ARGV[1], unpack(ARGV, 26, 25 + nf))
@@ -516,7 +540,12 @@ if ARGV[13] == '1' then
       end
     end
   end
-  retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]), now)
+  local latest = retime(KEYS[2], KEYS[3], KEYS[4], ARGV[9], tonumber(ARGV[12]), now)
+  local verdict = nil
+  for i = 26, 25 + nf, 2 do
+    if ARGV[i] == 'fw_compliance' then verdict = ARGV[i + 1] end
+  end
+  count_active(ARGV[10], su[4], su[5], su[6], verdict, latest)
 end
 local out = {'ok', (su[2] or '') .. '\t' .. (su[3] or '')}
 local all = redis.call('HGETALL', KEYS[2])

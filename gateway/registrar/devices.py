@@ -266,7 +266,10 @@ class DeviceStore:
             return False
         username = _s(h, "sip_username")
         aor = f"sip:{username}@{_s(h, 'realm')}"
+        labels = await self.redis.smembers(keys.active_labels())
         pipe = self.redis.pipeline(transaction=True)
+        for label in labels:  # no longer counted as registered
+            pipe.zrem(keys.active(label.decode()), device_id)
         pipe.delete(keys.device(device_id), keys.device_auth(username), keys.bindings(aor),
                     keys.binding_expiry(aor))
         pipe.zrem(keys.devices_seen(), device_id)

@@ -457,19 +457,22 @@ class Registrar:
                                     unpaired_days=self.config.stale_unpaired_days)
 
     async def refresh_metrics(self, now: float) -> None:
+        """The gauges, from the store's per-label counts (a command per label, whatever
+        the size of the fleet; the REGISTER script keeps the counts)."""
         if self.metrics is None:
             return
-        aors = await self.store.active_aors(now)
-        by_aor = await self.store.get_many(aors, now)
-        ids = sorted({b.device_id for bl in by_aor.values() for b in bl if b.device_id})
-        counts: dict[tuple[str, str, str], int] = {}
-        if ids:
+        labels = sorted(await self.redis.smembers(keys.active_labels()))
+        counts: dict[tuple[str, ...], int] = {}
+        if labels:
             pipe = self.redis.pipeline(transaction=False)
-            for i in ids:
-                pipe.hmget(keys.device(i), "vendor", "model", "fw_compliance")
-            for vendor, model, verdict in await pipe.execute():
-                v, m, c = ((x or b"").decode() or "unknown" for x in (vendor, model, verdict))
-                counts[(v, m, c)] = counts.get((v, m, c), 0) + 1
+            for label in labels:
+                pipe.zremrangebyscore(keys.active(label.decode()), "-inf", repr(now))
+                pipe.zcount(keys.active(label.decode()), f"({now!r}", "+inf")
+            replies = await pipe.execute()
+            for label, n in zip(labels, replies[1::2], strict=True):
+                parts = tuple(p or "unknown" for p in label.decode().split("\t"))
+                if n and len(parts) == 3:
+                    counts[parts] = counts.get(parts, 0) + int(n)
         self.metrics.active.clear()
         for (vendor, model, verdict), n in counts.items():
             self.metrics.active.labels(vendor, model, verdict).set(n)

@@ -47,6 +47,20 @@ def registrations_index() -> str:
     return f"{PREFIX}reg:index"
 
 
+# Devices with live bindings, counted in the store by the REGISTER script: one sorted
+# set per "vendor\tmodel\tverdict" label (device id -> its latest binding expiry) and a
+# set of the labels, so the gauge costs a command per label, not a read per device.
+ACTIVE_PREFIX = f"{PREFIX}reg:active:"
+
+
+def active(label: str) -> str:
+    return f"{ACTIVE_PREFIX}{label}"
+
+
+def active_labels() -> str:
+    return f"{PREFIX}reg:active-labels"
+
+
 def nonce_count(nonce: str) -> str:
     return f"{PREFIX}nc:{_h(nonce)}"
 

@@ -321,6 +321,64 @@ def test_firmware_rejected_and_flagged(env: Env) -> Deferred[None]:
     return arun(body())
 
 
+def test_active_registrations_gauge_follows_every_change(env: Env) -> Deferred[None]:
+    """sipgw_registrations_active comes from counts the REGISTER script keeps per
+    vendor/model/verdict: a firmware upgrade moves the device between labels, and a
+    removal, an expiry, a keep-alive removal or the device's deletion takes it out."""
+    env.policy.rules["VVX_410-UA/5.9.5"] = Verdict(
+        admitted=True, flagged=True, compliance="BELOW_APPROVED",
+        reason="firmware 5.9.5 below approved 5.9.7", upgrade_to="5.9.7")
+
+    def active(verdict: str) -> float | None:
+        return env.registry.get_sample_value(  # type: ignore[no-any-return]
+            "sipgw_registrations_active",
+            {"vendor": "Poly", "model": "VVX410", "verdict": verdict})
+
+    async def body() -> None:
+        a, a_pw = await _device(env)
+        b, b_pw = await _device(env, mac="0004f2cc0001")
+        reg, r = env.make()
+        old_ua = "PolycomVVX-VVX_410-UA/5.9.5.1"
+        for user, pw in ((a, a_pw), (b, b_pw)):
+            assert (await env.register(reg, register_text(user, ua=old_ua, expires=600),
+                                       user, pw)).status == 200
+        await reg.refresh_metrics(env.clock.now)
+        assert active("BELOW_APPROVED") == 2 and active("SUPPORTED") is None
+        # a upgrades its firmware: it moves to the other label
+        assert (await env.register(reg, register_text(a, cseq=2, expires=600), a,
+                                   a_pw)).status == 200
+        await reg.refresh_metrics(env.clock.now)
+        assert active("BELOW_APPROVED") == 1 and active("SUPPORTED") == 1
+        # Expires: 0 takes a out
+        assert (await env.register(reg, register_text(a, cseq=3, expires=0), a,
+                                   a_pw)).status == 200
+        await reg.refresh_metrics(env.clock.now)
+        assert active("SUPPORTED") is None and active("BELOW_APPROVED") == 1
+        # b's binding removed by the keep-alive path, then back, then expired
+        (bb,) = await reg.lookup(f"sip:{b}@{REALM}")
+        assert await reg.store.remove_binding(bb.aor, bb.key, env.clock.now, expected=bb)
+        await reg.refresh_metrics(env.clock.now)
+        assert active("BELOW_APPROVED") is None
+        assert (await env.register(reg, register_text(b, ua=old_ua, cseq=2, expires=600),
+                                   b, b_pw)).status == 200
+        await reg.refresh_metrics(env.clock.now)
+        assert active("BELOW_APPROVED") == 1
+        env.clock.now += 601
+        await reg.refresh_metrics(env.clock.now)
+        assert active("BELOW_APPROVED") is None
+        # a deleted device is not counted either
+        env.clock.now += 1
+        assert (await env.register(reg, register_text(b, ua=old_ua, cseq=3, expires=600),
+                                   b, b_pw)).status == 200
+        await reg.refresh_metrics(env.clock.now)
+        assert active("BELOW_APPROVED") == 1
+        assert await reg.devices.remove("0004f2cc0001")
+        await reg.refresh_metrics(env.clock.now)
+        assert active("BELOW_APPROVED") is None
+        await r.aclose()
+    return arun(body())
+
+
 def test_unknown_user_indistinguishable_from_wrong_password(env: Env) -> Deferred[None]:
     async def body() -> None:
         user, pw = await _device(env)
