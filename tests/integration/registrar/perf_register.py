@@ -94,6 +94,8 @@ def _children(pid: int) -> list[int]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--devices", type=int, default=6000)
+    ap.add_argument("--reuse", action="store_true",
+                    help="cycle through the devices (refreshes of a warm fleet, as make bench)")
     ap.add_argument("--rates", default="300,400,500,600")
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--lift-source-limit", action="store_true")
@@ -139,7 +141,10 @@ def main() -> int:
             shed_before = 0.0
             for i, rate in enumerate(rates):
                 calls = int(rate * args.seconds)
-                chunk = devices[offset:offset + calls]
+                if args.reuse:
+                    chunk = [devices[(offset + k) % len(devices)] for k in range(calls)]
+                else:
+                    chunk = devices[offset:offset + calls]
                 offset += calls
                 if len(chunk) < calls:
                     print(f"not enough devices for {rate}/s x {args.seconds}s")
