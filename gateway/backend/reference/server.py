@@ -281,6 +281,32 @@ ROUTES: tuple[Route, ...] = (
 # The router tries only the routes with as many path segments as the request has.
 _ROUTES_BY_LENGTH: dict[int, tuple[Route, ...]] = {
     n: tuple(r for r in ROUTES if len(r.parts) == n) for n in {len(r.parts) for r in ROUTES}}
+
+
+def _is_param(segment: str) -> bool:
+    return segment.startswith("{") and segment.endswith("}")
+
+
+def _shape(parts: list[str]) -> tuple[int, str, str | None]:
+    """A template's bucket: segment count, second segment, last segment (None: a
+    parameter). Every template's second segment is literal (asserted below)."""
+    return len(parts), parts[1], None if _is_param(parts[-1]) else parts[-1]
+
+
+# Narrower still: the routes sharing the request's second and last segments, plus those
+# ending in a parameter (every route that can match a path is in one of the two buckets).
+_ROUTES_BY_SHAPE: dict[tuple[int, str, str | None], tuple[Route, ...]] = {}
+for _r in ROUTES:
+    assert len(_r.parts) >= 2 and not _is_param(_r.parts[1]), _r.path
+    _ROUTES_BY_SHAPE[_shape(_r.parts)] = (*_ROUTES_BY_SHAPE.get(_shape(_r.parts), ()), _r)
+
+
+def _routes_for(parts: list[str]) -> tuple[Route, ...]:
+    n = len(parts)
+    if n < 2:
+        return _ROUTES_BY_LENGTH.get(n, ())
+    return _ROUTES_BY_SHAPE.get((n, parts[1], parts[-1]), ()) + \
+        _ROUTES_BY_SHAPE.get((n, parts[1], None), ())
 # Served outside the REST router (a WebSocket upgrade); listed for the OpenAPI parity test.
 WEBSOCKET_PATHS = ("/v1/events",)
 
@@ -359,7 +385,7 @@ class RestResource(Resource):
                 return 401, {"error": "unauthorized",
                              "message": "bearer token missing or wrong"}, ""
             parts = path.strip("/").split("/")
-            candidates = [(r, p) for r in _ROUTES_BY_LENGTH.get(len(parts), ())
+            candidates = [(r, p) for r in _routes_for(parts)
                           if (p := r.match(parts)) is not None]
             if not candidates:
                 return 404, {"error": "not_found",
