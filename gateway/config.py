@@ -115,8 +115,8 @@ class RegistrarSettings:
     nonce_secret_file: str = ""  # shared by all nodes; default: data_dir/secrets/nonce.key
     sweep_interval: float = 30.0  # seconds between expired-binding sweeps
     offboard_interval: float = 3600.0  # seconds between stale-device sweeps
-    # NAT keep-alive OPTIONS from the node owning a binding (0 = off); the binding is
-    # removed after this many unanswered rounds in a row
+    # NAT keep-alive OPTIONS from the node owning a binding behind NAT (UDP) or a stream
+    # flow (0 = off); the binding is removed after this many unanswered rounds in a row
     keepalive_interval: float = 30.0
     keepalive_failures: int = 3
     # User-Agent prefixes admitted outside the device table, flagged as lab clients
