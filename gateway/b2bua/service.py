@@ -48,11 +48,13 @@ from gateway.sip.dialog import Dialog, DialogError, build_ack_for_2xx
 from gateway.sip.digest import DigestCredentials, DigestError
 from gateway.sip.errors import SipParseError
 from gateway.sip.events import RequestReceived, StrayResponse, TransactionKey
+from gateway.sip.headers import Headers
 from gateway.sip.message import SipRequest, SipResponse, build_response
 from gateway.sip.peer import Peer
 from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer, simple_answer
 from gateway.sip.stack import new_tag
 from gateway.sip.transaction import build_cancel
+from gateway.sip.uri import Uri
 from gateway.state.pipe import RespPipe
 from gateway.tasks import TaskSet
 
@@ -184,6 +186,7 @@ class _Outbound:
     session_expires: int = 0
     refresher: str = ""
     stash: list[Event] = field(default_factory=list)
+    sdp_offer: str = ""  # the INVITE's offer, split out of its body once
 
 
 @dataclass
@@ -491,7 +494,7 @@ class B2BUA:
                         endpoint_id=endpoint_id_for(device.device_id),
                         tag=new_tag(), contact=self.our_contact(event.peer.transport),
                         started=self._now(), reliable_1xx="100rel" in requires,
-                        session_expires=se, refresher=refresher)
+                        session_expires=se, refresher=refresher, sdp_offer=sdp_text)
         if se and "timer" not in supported and refresher == "uac":
             out.refresher = "uas"
         self._outbound[event.key] = out
@@ -569,12 +572,16 @@ class B2BUA:
         if out.backend_call_id:
             self._out_by_call.pop(out.backend_call_id, None)
 
+    def _provisional(self, out: _Outbound, status: int) -> SipResponse:
+        """An unreliable provisional response to the phone's INVITE."""
+        return build_response(out.event.request, status, to_tag=out.tag,
+                              headers=[("Contact", out.contact), ("Allow", ALLOW)])
+
     async def _send_provisional(self, out: _Outbound, status: int) -> None:
         request = out.event.request
         headers = [("Contact", out.contact), ("Allow", ALLOW)]
         if not out.reliable_1xx:
-            self._respond(out.event.key, build_response(request, status, to_tag=out.tag,
-                                                        headers=headers))
+            self._respond(out.event.key, self._provisional(out, status))
             return
         # RFC 3262 §3: reliable provisional, retransmitted until PRACK (T1 doubling)
         out.rseq += 1
@@ -648,7 +655,7 @@ class B2BUA:
             self._forget_outbound(out)
             self._respond(out.event.key, self._fail(request, 400, str(e), tag=out.tag))
             return
-        sdp_offer, _ = split_body(request)
+        sdp_offer = out.sdp_offer
         leg = Leg(leg_id=secrets.token_hex(10), direction="out",
                   backend_call_id=out.backend_call_id, endpoint_id=out.endpoint_id,
                   device_id=out.device.device_id, user=out.device.user or "",
@@ -1083,6 +1090,15 @@ class B2BUA:
         if waiting is not None:
             waiting.append(ev)  # the task handling this key takes it next
             return
+        if ev.type == "call.ringing":
+            out = self._out_by_call.get(ev.call_id)
+            if out is not None and ev.endpoint_id == out.endpoint_id and \
+                    not out.reliable_1xx:
+                # an unreliable 180 needs no await: sent now, no task (as _outbound_event)
+                if not out.finished and not out.rang:
+                    out.rang = True
+                    self._respond(out.event.key, self._provisional(out, 180))
+                return
         self._serial[key] = []
         self._spawn(self._dispatch_serial(key, ev))
 
@@ -1171,8 +1187,6 @@ class B2BUA:
             headers += [("Route", r) for r in b.path]
             headers += [("Contact", self.our_contact(b.source.transport)),
                         ("Allow", ALLOW), ("Supported", "replaces")]
-            from gateway.sip.headers import Headers
-            from gateway.sip.uri import Uri
             try:
                 uri = Uri.parse(b.uri)
             except SipParseError:
