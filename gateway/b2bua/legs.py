@@ -37,6 +37,8 @@ log = logging.getLogger("sipgw.b2bua")
 LEG_TTL = 4 * 3600  # an established leg survives this long without any refresh
 EVENT_POSITION_DELAY = 0.02  # seconds of backend event positions written at once
 PREFIX = "b2b:"
+# one encoder for every save (json.dumps with separators builds one per call)
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass
@@ -93,7 +95,7 @@ class Leg:
     # -- serialisation -------------------------------------------------------------
     def to_json(self) -> str:
         # the fields are JSON types already: no deep copy (asdict) on every save
-        return json.dumps(vars(self), separators=(",", ":"))
+        return _compact_json(vars(self))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Leg:
@@ -228,11 +230,14 @@ class LegStore:
         """Remove the leg; True only for the caller that removed it (so exactly one node or
         task ends a call when several notice its end at once)."""
         self._forget(leg)
-        removed = await self._commands([
+        cmds: list[tuple[Any, ...]] = [
             ("DEL", self._leg(leg.leg_id)),
             ("DEL", self._dlg(leg.dialog_key)),
-            ("SREM", self._call(leg.backend_call_id), leg.leg_id),
-            ("ZREM", self._se, leg.leg_id)])
+            ("SREM", self._call(leg.backend_call_id), leg.leg_id)]
+        if leg.session_expires:
+            # only a leg with a session timer is ever in the deadline set (see save)
+            cmds.append(("ZREM", self._se, leg.leg_id))
+        removed = await self._commands(cmds)
         return bool(removed[0])
 
     async def session_expired(self, now: float, limit: int = 100) -> list[str]:

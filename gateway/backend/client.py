@@ -56,6 +56,8 @@ from gateway.backend.schema import (
 )
 
 log = logging.getLogger("sipgw.backend.client")
+# one encoder for every request body (json.dumps with separators builds one per call)
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
 T = TypeVar("T")
 
 ERROR_KINDS = ("http_4xx", "http_5xx", "connection", "timeout", "protocol")
@@ -137,7 +139,7 @@ class BackendClient:
         target = self._prefix + path + (("?" + urlencode(query)) if query else "")
         head = f"{method} {target} HTTP/1.1\r\n".encode("latin-1") + self._fixed_headers
         if body is not None:
-            data = json.dumps(body, separators=(",", ":")).encode("utf-8")
+            data = _compact_json(body).encode("utf-8")
             wire = (head + b"Content-Type: application/json\r\nContent-Length: "
                     + str(len(data)).encode() + b"\r\n\r\n" + data)
         else:
