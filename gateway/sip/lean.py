@@ -101,30 +101,21 @@ def read_register(data: bytes) -> LeanRegister | None:
     if not _request_line_ok(lines[0]):
         return None
     vals: list[str | None] = [None] * 12
-    slots = _SLOTS
-    names = _NAME_CACHE
+    slot_of = _RAW_SLOTS
     for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if not sep:
-            return None
-        cname = names.get(name)
-        if cname is None:  # (a cached name never starts with whitespace)
-            if line[0] in " \t":
-                return None
-            bare = name.rstrip(" \t")
-            if not _TOKEN(bare):
-                return None
-            cname = canonical_name(bare)
-            if len(names) < _NAME_CACHE_MAX:
-                names[name] = cname
-        slot = slots.get(cname)
+        colon = line.find(":")
+        slot = slot_of.get(line[:colon]) if colon > 0 else None
         if slot is None:
-            continue  # repeats of other headers are the parser's business, not ours
-        if slot < 0:
+            slot = _slot_of(line)
+            if slot is None:
+                return None
+        if slot >= 0:
+            if vals[slot] is not None:
+                return None  # repeated: several Vias, Contacts, credentials …
+            vals[slot] = line[colon + 1:].strip(" \t")
+        elif slot == _MEANINGFUL:
             return None  # a header that changes what the request means
-        if vals[slot] is not None:
-            return None  # repeated: several Vias, Contacts, credentials …
-        vals[slot] = value.strip(" \t")
+        # else: repeats of other headers are the parser's business, not ours
     maxf, date, length = vals[9], vals[10], vals[11]
     if length is not None and length != "0":
         return None
@@ -159,10 +150,48 @@ def read_register(data: bytes) -> LeanRegister | None:
                         expires=expires_n, authorization=auth, user_agent=ua or "")
 
 
+_MEANINGFUL = -1  # a header whose presence sends the request the general way
+_OTHER = -2  # a header the lean reading skips
+# Header names as sent (the text before the colon) -> slot, _MEANINGFUL or _OTHER
+_RAW_SLOTS: dict[str, int] = {}
+
+
+def _slot_of(line: str) -> int | None:
+    """The slot of a header line's name, split as the parser splits it (at the first
+    colon, the name right-stripped, which must be a token); None: not a header line."""
+    name, sep, _ = line.partition(":")
+    if not sep or line[0] in " \t":
+        return None  # not a header, or a folded continuation line
+    cname = _NAME_CACHE.get(name)
+    if cname is None:
+        bare = name.rstrip(" \t")
+        if not _TOKEN(bare):
+            return None
+        cname = canonical_name(bare)
+        if len(_NAME_CACHE) < _NAME_CACHE_MAX:
+            _NAME_CACHE[name] = cname
+    slot = _SLOTS.get(cname, _OTHER)
+    if len(_RAW_SLOTS) < _NAME_CACHE_MAX:
+        _RAW_SLOTS[name] = slot
+    return slot
+
+
 _REQUEST_URIS: set[str] = set()  # Request-URIs proven good (a fleet sends a handful)
+_REQUEST_LINES: set[str] = set()  # whole request lines proven good
 
 
 def _request_line_ok(start: str) -> bool:
+    if start in _REQUEST_LINES:
+        return True
+    if _request_line_checked(start):
+        if len(_REQUEST_LINES) >= 1024:
+            _REQUEST_LINES.clear()
+        _REQUEST_LINES.add(start)
+        return True
+    return False
+
+
+def _request_line_checked(start: str) -> bool:
     m = _REQUEST_RE.fullmatch(start)
     if m is None or m.group(1) != "REGISTER" or (m.group(4), m.group(5)) != ("2", "0"):
         return False
@@ -210,8 +239,39 @@ def _contact_ok(value: str) -> bool:
     return True
 
 
+# A phone's Vias differ only in their branch: the rest ("shape", with the branch cut
+# out) maps to the sent-by host and rport that reading the whole Via gave.
+_VIA_SHAPES: dict[str, tuple[str, bool]] = {}
+# A branch that any Via of a known shape may carry: RFC 3261's magic cookie, a token
+# (the fast shape's parameter value), at most 200 characters as _parse_via allows.
+_BRANCH = re.compile(r"z9hG4bK[A-Za-z0-9\-.!%*_+`'~:]{0,193}").fullmatch
+
+
 def _read_via(via: str) -> tuple[str, str, bool] | None:
     """(branch, sent-by host, bare rport) of a Via in the parser's fast UDP shape."""
+    head, sep, tail = via.partition(";branch=")
+    if not sep:
+        return _parse_via(via)
+    semi = tail.find(";")
+    branch, rest = (tail, "") if semi < 0 else (tail[:semi], tail[semi:])
+    shape = head + "\x00" + rest  # (NUL never appears in a header: a safe separator)
+    known = _VIA_SHAPES.get(shape)
+    if known is not None and _BRANCH(branch):
+        return branch, known[0], known[1]
+    parts = _parse_via(via)
+    # remembered only when this branch parameter is the one the Via's reading took
+    # (not an earlier or a differently spelled one) and is of the kind _BRANCH admits
+    if parts is not None and parts[0] == branch and _BRANCH(branch):
+        if len(_VIA_SHAPES) >= _VIA_SHAPES_MAX:
+            _VIA_SHAPES.clear()
+        _VIA_SHAPES[shape] = (parts[1], parts[2])
+    return parts
+
+
+_VIA_SHAPES_MAX = 4096
+
+
+def _parse_via(via: str) -> tuple[str, str, bool] | None:
     m = VIA_PARTS_RE.fullmatch(via)
     if m is None or m.group(1).upper() != "UDP":
         return None  # what the fast shape refuses the general parser judges
@@ -234,7 +294,22 @@ def _read_via(via: str) -> tuple[str, str, bool] | None:
     return branch, m.group(2).lower(), rport
 
 
+_TO_USERS: dict[str, str | None] = {}  # a phone's two REGISTERs of a cycle share its To
+
+
 def _to_user(to: str) -> str | None:
+    try:
+        return _TO_USERS[to]
+    except KeyError:
+        pass
+    user = _read_to_user(to)
+    if len(_TO_USERS) >= 8192:
+        _TO_USERS.clear()
+    _TO_USERS[to] = user
+    return user
+
+
+def _read_to_user(to: str) -> str | None:
     if '"' in to:
         return None  # a quoted display name: the general parser
     lt = to.find("<")
