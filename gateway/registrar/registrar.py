@@ -26,6 +26,7 @@ from urllib.parse import unquote
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.exceptions import NoScriptError, RedisError
 
+from gateway.ops.metrics import Tally
 from gateway.registrar.auth import AuthStatus, DigestAuthenticator
 from gateway.registrar.bindings import (
     Binding,
@@ -105,6 +106,7 @@ class RegistrarMetrics:
     """Prometheus series of the registrar, on a registry passed in."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.tally = Tally(registry)  # the per-REGISTER result counts, before their counter
         self.results = Counter("sipgw_register_results", "REGISTER responses by status",
                                ["status"], registry=registry)
         self.auth_failures = Counter("sipgw_register_auth_failures",
@@ -412,7 +414,7 @@ class Registrar:
             child = self._results.get(status)
             if child is None:
                 child = self._results[status] = self.metrics.results.labels(str(status))
-            child.inc()
+            self.metrics.tally.inc(child)
 
     async def lookup(self, aor: str) -> list[Binding]:
         """Live bindings of a device AOR, or of every device of a paired user's AOR."""
