@@ -246,7 +246,8 @@ class BindingStore:
         return ([keys.nonce_count(u.nonce), keys.bindings(u.aor), keys.binding_expiry(u.aor),
                  keys.registrations_index(), keys.device(u.device_id), keys.devices_seen(),
                  keys.device_auth(u.username), *gk],
-                [repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), u.call_id, str(u.cseq),
+                [repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), _esc(u.call_id),
+                 str(u.cseq),
                  str(max_bindings), str(len(u.ops)), "1" if u.wildcard else "0",
                  u.aor, u.device_id, u.source_ip, str(KEY_SLACK), "1" if u.apply else "0",
                  str(2 * len(u.device_fields)), "reg", *ga, u.ha1_field, u.ha1, "1", *extra])
@@ -356,7 +357,8 @@ def _decode_live(raw: Sequence[Any], now: float, known: Sequence[Binding] = ()) 
 # KEYS: 1 nc, 2 bindings hash, 3 expiry zset, 4 reg index, 5 device hash, 6 devices seen,
 #       7 device auth hash, 8 rate src, 9 rate acct, 10 block src, 11 block acct,
 #       12 failures src, 13 failures acct
-# ARGV: 1 now, 2 nc, 3 nc ttl ms, 4 call-id, 5 cseq, 6 max bindings, 7 number of ops,
+# ARGV: 1 now, 2 nc, 3 nc ttl ms, 4 call-id (JSON-escaped, quoted), 5 cseq,
+#       6 max bindings, 7 number of ops,
 #       8 wildcard, 9 aor, 10 device id, 11 source ip, 12 key slack, 13 apply,
 #       14 number of device field items (2 per field), 15 mode (reg|fail), 16 rate key ttl,
 #       17 source rate, 18 account rate, 19 failure window, 20 source failure threshold,
@@ -503,13 +505,15 @@ purge(KEYS[2], KEYS[3], now)
 -- bindings this request wrote: the caller has them already, only the others are returned
 local written = {}
 if ARGV[13] == '1' then
-  local callid = ARGV[4]
+  -- ARGV[4] is the Call-ID as Binding.to_json writes it (a JSON string): finding it in
+  -- the stored JSON tells the same Call-ID, and the CSeq follows, without decoding
+  local same = ',"call_id":' .. ARGV[4] .. ',"cseq":'
   local cseq = tonumber(ARGV[5])
   local function in_order(raw)
-    local ok, old = pcall(cjson.decode, raw)
-    if not ok then return true end
-    if old['call_id'] ~= callid then return true end
-    return cseq > tonumber(old['cseq'])
+    local at = string.find(raw, same, 1, true)
+    if not at then return true end
+    local old = tonumber(string.match(raw, '^%d+', at + #same))
+    return old == nil or cseq > old
   end
   if ARGV[8] == '1' then
     -- RFC 3261 §10.3 step 6: '*' removes every binding whose Call-ID differs

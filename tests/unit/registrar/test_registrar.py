@@ -207,6 +207,14 @@ def test_cseq_ordering(env: Env) -> Deferred[None]:
         assert resp.status == 200
         (b,) = await reg.lookup(f"sip:{user}@{REALM}")
         assert b.call_id == "other" and b.cseq == 1
+        # a Call-ID JSON must escape (the script finds it in the stored JSON as written)
+        odd = 'q"uo\\te@h'
+        assert (await env.register(reg, register_text(user, cseq=7, call_id=odd), user,
+                                   pw)).status == 200
+        resp = await env.register(reg, register_text(user, cseq=6, call_id=odd), user, pw)
+        assert resp.status == 500
+        assert (await env.register(reg, register_text(user, cseq=8, call_id=odd), user,
+                                   pw)).status == 200
         await r.aclose()
     return arun(body())
 
