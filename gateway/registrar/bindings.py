@@ -376,21 +376,22 @@ local function purge(hkey, zkey, now)
 end
 -- the AOR's keys' TTL and index entry after a change; its latest expiry (nil: none left)
 local function retime(hkey, zkey, ikey, aor, slack, now)
-  local last = redis.call('ZRANGE', zkey, -1, -1, 'WITHSCORES')
-  if #last == 0 then
+  -- (an AOR has a handful of bindings at most: all of them in one call)
+  local all = redis.call('ZRANGE', zkey, 0, -1, 'WITHSCORES')
+  if #all == 0 then
     redis.call('DEL', hkey, zkey)
     redis.call('ZREM', ikey, aor)
     return nil
   else
     -- relative TTL: the caller's clock, not the server's, defines "now"
-    local ttl = math.max(1, math.ceil((tonumber(last[2]) - now + slack) * 1000))
+    local last = all[#all]
+    local ttl = math.max(1, math.ceil((tonumber(last) - now + slack) * 1000))
     redis.call('PEXPIRE', hkey, ttl)
     redis.call('PEXPIRE', zkey, ttl)
     -- the index holds when each AOR next has a binding to purge, so a sweep reads only
     -- the AORs that are due instead of the whole fleet
-    local first = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-    redis.call('ZADD', ikey, first[2], aor)
-    return last[2]
+    redis.call('ZADD', ikey, all[2], aor)
+    return last
   end
 end
 -- the device's entry in the active-registrations count of its vendor/model/verdict
@@ -399,8 +400,9 @@ local function count_active(device, vendor, model, old, new, latest)
   local verdict = new or old or ''
   if old and old ~= verdict then redis.call('ZREM', '@ACTIVE@' .. base .. old, device) end
   if latest then
-    redis.call('ZADD', '@ACTIVE@' .. base .. verdict, latest, device)
-    redis.call('SADD', '@LABELS@', base .. verdict)
+    if redis.call('ZADD', '@ACTIVE@' .. base .. verdict, latest, device) == 1 then
+      redis.call('SADD', '@LABELS@', base .. verdict)  -- newly counted under this label
+    end
   else
     redis.call('ZREM', '@ACTIVE@' .. base .. verdict, device)
   end
@@ -504,6 +506,7 @@ redis.call('HSET', KEYS[7], 'last_ip', ARGV[11])
 purge(KEYS[2], KEYS[3], now)
 -- bindings this request wrote: the caller has them already, only the others are returned
 local written = {}
+local others = nil  -- how many others the AOR has, when known
 if ARGV[13] == '1' then
   -- ARGV[4] is the Call-ID as Binding.to_json writes it (a JSON string): finding it in
   -- the stored JSON tells the same Call-ID, and the CSeq follows, without decoding
@@ -537,6 +540,7 @@ if ARGV[13] == '1' then
       end
     end
     if count > tonumber(ARGV[6]) then return {'toomany', tostring(count)} end
+    others = count
     for i = first, last, 3 do
       if ARGV[i + 2] == '' then
         redis.call('HDEL', KEYS[2], ARGV[i])
@@ -544,6 +548,7 @@ if ARGV[13] == '1' then
       else
         redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
         redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i])
+        if not written[ARGV[i]] then others = others - 1 end
         written[ARGV[i]] = true
       end
     end
@@ -556,9 +561,11 @@ if ARGV[13] == '1' then
   count_active(ARGV[10], su[4], su[5], su[6], verdict, latest)
 end
 local out = {'ok', (su[2] or '') .. '\t' .. (su[3] or '')}
-local all = redis.call('HGETALL', KEYS[2])
-for i = 1, #all, 2 do
-  if not written[all[i]] then table.insert(out, all[i + 1]) end
+if others ~= 0 then  -- (a phone refreshing its only binding: nothing else to return)
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    if not written[all[i]] then table.insert(out, all[i + 1]) end
+  end
 end
 return out
 """
