@@ -11,9 +11,12 @@ open-loop SIPp run at a fixed rate for a bounded time, no retransmissions, a
 2 s receive timeout; a step passes when fewer than 0.1% of transactions fail
 and SIPp delivered at least 93% of the asked rate. A short calibration step
 estimates capacity from the server's CPU use, then the rate is stepped up or
-down to the boundary; the sustained figure is the highest passing step.
-Latency comes from ``probe.py`` (sequential requests at a low fixed rate,
-timed with perf_counter_ns) during each step, because SIPp's own figures
+down to the boundary; the sustained figure is the highest passing step. A
+latency target stated at a rate (calls: p99 setup < 100 ms at 200/s) is read
+at a step run at that rate; "latency under load" is the sustained step's, at
+saturation, where every server's p99 is its queue. Latency comes from
+``probe.py`` (sequential requests at a low fixed rate, timed with
+perf_counter_ns) during each step, because SIPp's own figures
 tick in 4 ms steps. Run-to-run noise is 10-25%, so only the ratio to Kamailio
 measured in the same run means anything.
 
@@ -68,6 +71,7 @@ USER_AGENT = "Yealink SIP-T54W 96.86.0.100"  # admitted by the firmware catalog
 FAILURE_BUDGET = 0.001
 UAS_RECV_TIMEOUT_MS = 300_000  # longer than any held call (held_max_ramp + 5 s)
 DELIVERY = 0.93
+CALLS_TARGET = 200.0  # calls/s at which the p99 setup target (< 100 ms) is read
 
 
 class NotAvailable(Exception):  # noqa: N818 - a state, not an error of the harness
@@ -131,6 +135,7 @@ class Outcome:
     step: Step | None = None
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    passed: list[Step] = field(default_factory=list)  # every passing step, in run order
 
     def short(self, unit: str = "/s") -> str:
         if self.rate is None:
@@ -269,11 +274,13 @@ def find_sustained(server: Server, load: Load, settings: Settings, *, start: flo
     else:
         rate = min(ceiling, 0.8 * start / max(cal.cpu, 0.02))
     best: Step | None = cal if cal.passed else None
+    passed: list[Step] = []
     last_ok: bool | None = None
     for _ in range(settings.max_steps):
         step = run_step(server, load, rate, settings.step_seconds, settings)
         say(step.line())
         if step.passed:
+            passed.append(step)
             if best is None or step.sipp.rate > best.sipp.rate or not best.probe:
                 best = step
             if last_ok is False or rate >= ceiling:
@@ -291,7 +298,15 @@ def find_sustained(server: Server, load: Load, settings: Settings, *, start: flo
         last_ok = step.passed
     if best is None:
         return Outcome(server.name, note="no passing rate")
-    return Outcome(server.name, best.sipp.rate, best)
+    return Outcome(server.name, best.sipp.rate, best, passed=passed)
+
+
+def at_rate(o: Outcome, rate: float) -> Step | None:
+    """The passing step nearest above ``rate`` with latency samples: where a latency target
+    stated at a rate is read (the sustained step sits at saturation, where every server's
+    p99 is its queue)."""
+    steps = [s for s in o.passed if s.target >= rate and s.probe.get("n")]
+    return min(steps, key=lambda s: s.target, default=None)
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -658,6 +673,12 @@ def gateway_calls(settings: Settings) -> Outcome:
                     (time.monotonic() - t0)
                 say(f"  sipgw: its Valkey (core {LOAD_CORE}) used cpu {used:.2f} on average "
                     "over the steps")
+            if out.rate and out.rate >= CALLS_TARGET:
+                # the latency target is stated at 200 calls/s: one step exactly there
+                at = run_step(g, load, CALLS_TARGET, settings.step_seconds, settings)
+                say(at.line() + "  (the target's rate)")
+                if at.passed:
+                    out.passed.append(at)
             if out.rate:
                 out.extra["held"] = held_dialogs(g, load, settings, out.rate)
             return out
@@ -685,14 +706,26 @@ def bench_calls(settings: Settings) -> Row:
     except NotAvailable as e:
         say(f"  sipgw: not available ({e})")
         gw = Outcome("sipgw", note="not available")
-    row = compare("CALLS", gw, km, ">= 200 calls/s, p99 setup < 100 ms",
-                  lambda o, r: (o.rate or 0) >= 200 and o.step is not None
-                  and (o.step.probe.get("p99_us") or 1e9) < 100_000)
+    # the target is a rate and a latency at that rate: "200 calls/s with p99 setup under
+    # 100 ms", read at the lowest passing step of at least 200/s
+    row = compare("CALLS", gw, km, ">= 200 calls/s, p99 setup < 100 ms at 200/s",
+                  lambda o, r: (o.rate or 0) >= CALLS_TARGET
+                  and _p99_at(o, CALLS_TARGET) < 100_000)
+    for o in (gw, km):
+        s = at_rate(o, CALLS_TARGET)
+        if s is not None:
+            say(f"{'':9} {o.server:8} at {s.sipp.rate:,.0f}/s (the target's rate): "
+                f"p50 {fmt_us(s.probe.get('p50_us'))} p99 {fmt_us(s.probe.get('p99_us'))}")
     for o in (gw, km):
         held = o.extra.get("held")
         if held:
             say(f"{'':9} {o.server:8} {held}")
     return row
+
+
+def _p99_at(o: Outcome, rate: float) -> float:
+    s = at_rate(o, rate)
+    return float(s.probe.get("p99_us") or 1e9) if s is not None else 1e9
 
 
 def held_dialogs(server: Server, load: Load, settings: Settings, sustained: float) -> str:
