@@ -11,7 +11,8 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ import pytest_twisted
 from prometheus_client import CollectorRegistry
 from twisted.internet.defer import Deferred
 
-from gateway.backend.client import BackendClient
+from gateway.backend.client import BackendClient, EventStream
 from gateway.backend.schema import SCHEMA_VERSION
 
 pytestmark = pytest.mark.integration
@@ -69,6 +70,23 @@ async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     return head
 
 
+@asynccontextmanager
+async def stream_from(server_side: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                            Awaitable[None]]) -> AsyncIterator[EventStream]:
+    """An event stream of a client of a loopback server answering with ``server_side``."""
+    server = await asyncio.start_server(server_side, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = BackendClient(f"http://127.0.0.1:{port}", "tok", registry=CollectorRegistry(),
+                           timeout=5.0)
+    stream = client.events(("user-1",))
+    try:
+        yield stream
+    finally:
+        await stream.close()
+        await client.close()
+        server.close()
+
+
 def event(i: int, sdp: str = "") -> bytes:
     obj: dict[str, Any] = {"v": SCHEMA_VERSION, "type": "call.ringing", "id": str(i),
                            "call_id": f"call-{i}"}
@@ -99,12 +117,7 @@ async def test_fragments_pings_long_frames_and_close() -> None:
             done.set()
 
     async def scenario() -> None:
-        server = await asyncio.start_server(server_side, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = BackendClient(f"http://127.0.0.1:{port}", "tok",
-                               registry=CollectorRegistry(), timeout=5.0)
-        stream = client.events(("user-1",))
-        try:
+        async with stream_from(server_side) as stream:
             await stream.ready(5)
             got = [await stream.next(5) for _ in range(3)]
             assert [(e.id, e.call_id) for e in got] == [("1", "call-1"), ("2", "call-2"),
@@ -113,10 +126,6 @@ async def test_fragments_pings_long_frames_and_close() -> None:
             await asyncio.wait_for(done.wait(), 5)
             assert seen["pong"] == (0xA, b"are you there")
             assert seen["close"] == (8, (1000).to_bytes(2, "big"))
-        finally:
-            await stream.close()
-            await client.close()
-            server.close()
     await aio(scenario())
 
 
@@ -140,18 +149,9 @@ async def test_framing_error_disconnects_and_the_stream_reconnects() -> None:
             writer.close()
 
     async def scenario() -> None:
-        server = await asyncio.start_server(server_side, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        client = BackendClient(f"http://127.0.0.1:{port}", "tok",
-                               registry=CollectorRegistry(), timeout=5.0)
-        stream = client.events(("user-1",))
-        try:
+        async with stream_from(server_side) as stream:
             assert (await stream.next(5)).id == "7"
             assert (await stream.next(5)).id == "8"
             assert len(heads) == 2 and b"since=7" in heads[1].split(b"\r\n")[0]
             assert "reserved bits" in stream.last_error
-        finally:
-            await stream.close()
-            await client.close()
-            server.close()
     await aio(scenario())
