@@ -22,6 +22,7 @@ import email.message
 import email.parser
 import email.policy
 import logging
+import random
 import re
 import secrets
 import time
@@ -126,8 +127,8 @@ class B2buaMetrics:
 
 # -- bodies ------------------------------------------------------------------------------
 
-def split_body(request: SipRequest) -> tuple[str, str]:
-    """The SDP and the PIDF-LO (RFC 4119) in a request body (single part or
+def split_body(request: SipRequest | SipResponse) -> tuple[str, str]:
+    """The SDP and the PIDF-LO (RFC 4119) in a message body (single part or
     multipart/mixed, RFC 6442 §4.1). Returns (sdp, pidf), empty strings when absent."""
     ctype = (request.headers.get("Content-Type") or "").strip()
     main = ctype.split(";")[0].strip().lower()
@@ -250,6 +251,8 @@ class B2BUA:
         self._local: dict[tuple[str, str, str], Dialog] = {}
         # call (or endpoint) -> its events waiting for the one task handling that key
         self._serial: dict[str, list[Event]] = {}
+        # legs with a re-INVITE to their phone under way -> the newest offer still to send
+        self._reoffers: dict[str, str | None] = {}
         # endpoint id -> (user, monotonic time its backend lifetime ends, lifetime granted)
         self._endpoints: dict[str, tuple[str, float, int]] = {}
         self._aors: dict[str, str] = {}  # device id -> AOR, from Registration events
@@ -1052,6 +1055,68 @@ class B2BUA:
             except Exception:  # noqa: BLE001 - the next sweep must run
                 log.exception("session timer sweep failed")
 
+    # -- re-offers from the backend ---------------------------------------------------------
+    def _relay_reoffer(self, leg_id: str, sdp: str) -> None:
+        """The other party re-offered (hold, resume, a media change: RFC 3264 §8): the
+        phone gets it in a re-INVITE. One re-INVITE per leg at a time (a second would meet
+        our own pending one, RFC 3261 §14.1); a newer offer waiting replaces an older."""
+        if leg_id in self._reoffers:
+            self._reoffers[leg_id] = sdp
+            return
+        self._reoffers[leg_id] = sdp
+        self._spawn(self._reoffer_loop(leg_id))
+
+    async def _reoffer_loop(self, leg_id: str) -> None:
+        try:
+            while True:
+                sdp = self._reoffers.get(leg_id)
+                if sdp is None:
+                    return
+                self._reoffers[leg_id] = None
+                leg = await self.legs.get(leg_id)
+                if leg is None:
+                    return  # the call ended meanwhile
+                await self._reinvite_phone(leg, sdp)
+        finally:
+            self._reoffers.pop(leg_id, None)
+
+    async def _reinvite_phone(self, leg: Leg, sdp: str, *, glare_retry: bool = True) -> None:
+        dialog = leg.get_dialog()
+        headers = [("Supported", SUPPORTED), ("Allow", ALLOW)]
+        if leg.session_expires:
+            # a re-INVITE refreshes the session too (RFC 4028 §7.4): keep who refreshes
+            headers.append(("Session-Expires", f"{leg.session_expires};refresher="
+                            f"{'uac' if self._we_refresh(leg) else 'uas'}"))
+        invite = dialog.create_request("INVITE", headers=headers, body=sdp.encode("utf-8"),
+                                       content_type="application/sdp")
+        leg.set_dialog(dialog)
+        await self.legs.save(leg)
+        peer = leg.get_peer()
+        resp = await self.gw.request(invite, peer)
+        if 200 <= resp.status < 300:
+            dialog.receive_response("INVITE", resp)
+            self.gw.driver.send_ack_2xx(build_ack_for_2xx(invite, resp, dialog), peer)
+            fresh = await self.legs.get(leg.leg_id)
+            if fresh is not None:
+                fresh.set_dialog(dialog)
+                fresh.local_sdp = sdp
+                answer, _ = split_body(resp)
+                if answer:
+                    fresh.remote_sdp = answer
+                await self.legs.save(fresh, se_deadline=self._se_deadline(fresh))
+        elif resp.status == 491 and glare_retry:
+            # both sides re-offered at once (§14.1): we own no Call-ID here, so wait 0-2 s
+            await asyncio.sleep(random.uniform(0.0, 2.0))
+            fresh = await self.legs.get(leg.leg_id)
+            if fresh is not None:
+                await self._reinvite_phone(fresh, sdp, glare_retry=False)
+        elif resp.status in (408, 481):
+            await self._end_leg(leg, bye_phone=resp.status == 408, hangup_backend=True)
+        else:
+            # §14.1: a refused re-INVITE leaves the session as it was
+            log.info("re-offer to the phone of %s answered %s", leg.backend_call_id,
+                     resp.status)
+
     async def _refresh_session(self, leg: Leg) -> None:
         """We are the refresher (RFC 4028 §10): a re-INVITE with our last SDP."""
         dialog = leg.get_dialog()
@@ -1119,6 +1184,12 @@ class B2BUA:
 
     async def _dispatch(self, ev: Event) -> None:
         if not ev.call_id:
+            return
+        if ev.type == "call.reoffer":
+            if ev.sdp:
+                for leg in await self.legs.by_call(ev.call_id):
+                    if leg.endpoint_id == ev.endpoint_id:
+                        self._relay_reoffer(leg.leg_id, ev.sdp)
             return
         if ev.type == "call.incoming":
             if device_id_for(ev.endpoint_id) is not None:

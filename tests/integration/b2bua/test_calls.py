@@ -312,6 +312,38 @@ async def test_dnd_feature_code_then_calls_are_rejected(tmp_path: Path,
 
 
 @in_task
+async def test_teams_client_reoffer_reaches_the_phone(tmp_path: Path, redis_url: str) -> None:
+    """A Teams client puts the call on hold (a re-offer through the backend): the phone
+    gets a re-INVITE in the call's dialog carrying that offer, its answer is ACKed, and
+    the call goes on (the hang-up still reaches the phone in the same dialog)."""
+    async with environment(tmp_path, redis_url) as env:
+        a = await env.phone(ALICE.oid)
+        sim = await env.gw.backend.sim_client(CAROL.oid)
+        call = await env.gw.backend.sim_call(CAROL.oid, ALICE.oid, sim.endpoint_id)
+        invite = await a.expect_request("INVITE")
+        answer_invite(a, invite, tag="t9")
+        await ack_of(a)
+        await env.wait_call_state(call.call_id, "connected")
+        hold = SDP.replace("o=phone 1 1", "o=carol 3 4").replace("a=sendrecv", "a=sendonly")
+        await env.gw.backend.reoffer(call.call_id, sim.endpoint_id, hold)
+        reinvite = await a.expect_request("INVITE")
+        assert reinvite.call_id == invite.call_id
+        assert reinvite.from_.tag == invite.from_.tag and reinvite.to.tag == "t9"
+        assert reinvite.cseq.number > invite.cseq.number
+        offer = SessionDescription.parse(reinvite.body)
+        assert offer.media[0].direction is Direction.SENDONLY
+        a.respond(reinvite, 200, tag="t9",
+                  body=SDP.replace("o=phone 1 1", "o=callee 7 8").replace("a=sendrecv",
+                                                                         "a=recvonly"))
+        ack = await ack_of(a)
+        assert ack.call_id == invite.call_id and ack.cseq.number == reinvite.cseq.number
+        await env.gw.backend.sim_hangup(sim.endpoint_id, call.call_id)
+        bye = await a.expect_request("BYE")
+        assert bye.call_id == invite.call_id and bye.cseq.number > reinvite.cseq.number
+        a.respond(bye, 200)
+
+
+@in_task
 async def test_hold_reinvite_and_update_mirror_direction(tmp_path: Path,
                                                           redis_url: str) -> None:
     async with environment(tmp_path, redis_url) as env:
