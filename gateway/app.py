@@ -257,7 +257,7 @@ class Gateway:
             from gateway.b2bua.service import split_body
 
             sdp, _ = split_body(event.request)
-            await b2bua._answer_locally(event, sdp)
+            await b2bua.answer_locally(event, sdp)
             return None
 
         b2bua.feature_handlers[Feature.ENROLL] = on_enroll

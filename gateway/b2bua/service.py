@@ -779,14 +779,15 @@ class B2BUA:
                 return self._fail(request, 503, f"calling service unavailable: {e}",
                                   headers=[("Retry-After", "5")])
             self.metrics.final("feature", 200)
-            await self._answer_locally(event, sdp)
+            await self.answer_locally(event, sdp)
             return None
         if feature in (Feature.SIGN_IN, Feature.ENROLL, Feature.SIGN_OUT):
             return self._fail(request, 480, "sign-in not available")
         return self._fail(request, 480, "feature not available")
 
-    async def _answer_locally(self, event: RequestReceived, sdp: str) -> None:
-        """Answer a call we terminate ourselves, then hang up after a moment."""
+    async def answer_locally(self, event: RequestReceived, sdp: str) -> None:
+        """Answer a call the gateway terminates itself (feature codes: enrollment, DND),
+        then hang up after a moment."""
         request = event.request
         tag = new_tag()
         contact = self.our_contact(event.peer.transport)
