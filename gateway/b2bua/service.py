@@ -1082,24 +1082,11 @@ class B2BUA:
             self._reoffers.pop(leg_id, None)
 
     async def _reinvite_phone(self, leg: Leg, sdp: str, *, glare_retry: bool = True) -> None:
-        dialog = leg.get_dialog()
-        headers = [("Supported", SUPPORTED), ("Allow", ALLOW)]
-        if leg.session_expires:
-            # a re-INVITE refreshes the session too (RFC 4028 §7.4): keep who refreshes
-            headers.append(("Session-Expires", f"{leg.session_expires};refresher="
-                            f"{'uac' if self._we_refresh(leg) else 'uas'}"))
-        invite = dialog.create_request("INVITE", headers=headers, body=sdp.encode("utf-8"),
-                                       content_type="application/sdp")
-        leg.set_dialog(dialog)
-        await self.legs.save(leg)
-        peer = leg.get_peer()
-        resp = await self.gw.request(invite, peer)
+        # a re-INVITE refreshes the session too (RFC 4028 §7.4): keep who refreshes
+        refresher = "uac" if self._we_refresh(leg) else "uas"
+        resp, fresh = await self._send_reinvite(leg, sdp, refresher)
         if 200 <= resp.status < 300:
-            dialog.receive_response("INVITE", resp)
-            self.gw.driver.send_ack_2xx(build_ack_for_2xx(invite, resp, dialog), peer)
-            fresh = await self.legs.get(leg.leg_id)
             if fresh is not None:
-                fresh.set_dialog(dialog)
                 fresh.local_sdp = sdp
                 answer, _ = split_body(resp)
                 if answer:
@@ -1118,24 +1105,35 @@ class B2BUA:
             log.info("re-offer to the phone of %s answered %s", leg.backend_call_id,
                      resp.status)
 
-    async def _refresh_session(self, leg: Leg) -> None:
-        """We are the refresher (RFC 4028 §10): a re-INVITE with our last SDP."""
+    async def _send_reinvite(self, leg: Leg, sdp: str, refresher: str,
+                             ) -> tuple[SipResponse, Leg | None]:
+        """A re-INVITE with ``sdp`` to the leg's phone, ACKed on 2xx; the final response and,
+        after a 2xx, the leg as stored now with the dialog's new state (not yet saved)."""
         dialog = leg.get_dialog()
-        refresher = "uac"
-        invite = dialog.create_request(
-            "INVITE", headers=[("Session-Expires", f"{leg.session_expires};refresher={refresher}"),
-                               ("Supported", SUPPORTED), ("Allow", ALLOW)],
-            body=leg.local_sdp.encode("utf-8"), content_type="application/sdp")
+        headers = [("Supported", SUPPORTED), ("Allow", ALLOW)]
+        if leg.session_expires:
+            headers.insert(0, ("Session-Expires",
+                               f"{leg.session_expires};refresher={refresher}"))
+        invite = dialog.create_request("INVITE", headers=headers, body=sdp.encode("utf-8"),
+                                       content_type="application/sdp")
         leg.set_dialog(dialog)
         await self.legs.save(leg)
         peer = leg.get_peer()
         resp = await self.gw.request(invite, peer)
+        if not 200 <= resp.status < 300:
+            return resp, None
+        dialog.receive_response("INVITE", resp)
+        self.gw.driver.send_ack_2xx(build_ack_for_2xx(invite, resp, dialog), peer)
+        fresh = await self.legs.get(leg.leg_id)
+        if fresh is not None:
+            fresh.set_dialog(dialog)
+        return resp, fresh
+
+    async def _refresh_session(self, leg: Leg) -> None:
+        """We are the refresher (RFC 4028 §10): a re-INVITE with our last SDP."""
+        resp, fresh = await self._send_reinvite(leg, leg.local_sdp, "uac")
         if 200 <= resp.status < 300:
-            dialog.receive_response("INVITE", resp)
-            self.gw.driver.send_ack_2xx(build_ack_for_2xx(invite, resp, dialog), peer)
-            fresh = await self.legs.get(leg.leg_id)
             if fresh is not None:
-                fresh.set_dialog(dialog)
                 await self.legs.save(fresh, se_deadline=self._se_deadline(fresh))
         elif resp.status in (408, 481):
             await self._end_leg(leg, bye_phone=resp.status == 408, hangup_backend=True)
