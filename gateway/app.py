@@ -254,10 +254,7 @@ class Gateway:
                     headers.append(("Retry-After", str(result.retry_after)))
                 return build_response(event.request, result.sip_status, to_tag=new_tag(),
                                       headers=headers)
-            from gateway.b2bua.service import split_body
-
-            sdp, _ = split_body(event.request)
-            await b2bua.answer_locally(event, sdp)
+            b2bua.answer_locally(event)
             return None
 
         b2bua.feature_handlers[Feature.ENROLL] = on_enroll

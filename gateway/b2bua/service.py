@@ -49,7 +49,7 @@ from gateway.sip.dialog import Dialog, DialogError, build_ack_for_2xx
 from gateway.sip.digest import DigestCredentials, DigestError
 from gateway.sip.errors import SipParseError
 from gateway.sip.events import RequestReceived, StrayResponse, TransactionKey
-from gateway.sip.headers import Headers
+from gateway.sip.headers import Headers, NameAddr
 from gateway.sip.message import SipRequest, SipResponse, build_response
 from gateway.sip.peer import Peer
 from gateway.sip.sdp import SdpError, SessionDescription, mirror_answer, simple_answer
@@ -575,22 +575,22 @@ class B2BUA:
         if out.backend_call_id:
             self._out_by_call.pop(out.backend_call_id, None)
 
-    def _provisional(self, out: _Outbound, status: int) -> SipResponse:
-        """An unreliable provisional response to the phone's INVITE."""
+    def _provisional(self, out: _Outbound, status: int,
+                     extra: list[tuple[str, str]] | None = None) -> SipResponse:
+        """A provisional response to the phone's INVITE (``extra``: 100rel's headers)."""
         return build_response(out.event.request, status, to_tag=out.tag,
-                              headers=[("Contact", out.contact), ("Allow", ALLOW)])
+                              headers=[("Contact", out.contact), ("Allow", ALLOW),
+                                       *(extra or ())])
 
     async def _send_provisional(self, out: _Outbound, status: int) -> None:
-        request = out.event.request
-        headers = [("Contact", out.contact), ("Allow", ALLOW)]
         if not out.reliable_1xx:
             self._respond(out.event.key, self._provisional(out, status))
             return
         # RFC 3262 §3: reliable provisional, retransmitted until PRACK (T1 doubling)
         out.rseq += 1
         out.pracked.clear()
-        headers += [("Require", "100rel"), ("RSeq", str(out.rseq))]
-        response = build_response(request, status, to_tag=out.tag, headers=headers)
+        response = self._provisional(out, status,
+                                     [("Require", "100rel"), ("RSeq", str(out.rseq))])
         self._respond(out.event.key, response)
         self._spawn(self._retransmit_1xx(out, response))
 
@@ -671,9 +671,8 @@ class B2BUA:
         self.metrics.setup_time("out", self._now() - out.started)
         self.metrics.active.inc()
         ack_key = (request.call_id, out.tag, request.cseq.number)  # the 2xx's, unparsed
-        self._expect_ack(response, ack_key)
-        self._respond(out.event.key, response)
         self._watch_ack(out.event.key, response, leg, ack_key=ack_key)
+        self._respond(out.event.key, response)
 
     def _se_deadline(self, leg: Leg) -> float | None:
         if not leg.session_expires:
@@ -687,26 +686,18 @@ class B2BUA:
         # uac/uas refer to the roles on the dialog-creating INVITE
         return (leg.refresher == "uas") == (leg.direction == "out")
 
-    def _expect_ack(self, response: SipResponse,
-                     ack_key: tuple[str, str, int] | None = None) -> asyncio.Future[bool]:
-        """The future the ACK of this 2xx sets. ACKs are handled at once (no task), so
-        it is registered before the 2xx goes out, not when the watch starts."""
-        if ack_key is None:
-            ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
-        fut = self._acks.get(ack_key)
-        if fut is None:
-            fut = self._acks[ack_key] = asyncio.get_running_loop().create_future()
-        return fut
-
     def _watch_ack(self, key: TransactionKey, response: SipResponse, leg: Leg | None, *,
                    peer_reliable: bool | None = None,
                    ack_key: tuple[str, str, int] | None = None) -> asyncio.Future[bool]:
         """RFC 3261 §13.3.1.4: retransmit the 2xx (T1 doubling to T2) until the ACK; no
         ACK within 64*T1 ends the dialog with a BYE. Timer callbacks, not a task per
-        answered call; the future says whether the ACK came."""
+        answered call; the future says whether the ACK came. ACKs are handled at once (no
+        task), so call this before the 2xx goes out."""
         if ack_key is None:
             ack_key = (response.call_id, response.to.tag or "", response.cseq.number)
-        fut = self._expect_ack(response, ack_key)
+        fut = self._acks.get(ack_key)
+        if fut is None:
+            fut = self._acks[ack_key] = asyncio.get_running_loop().create_future()
         reliable = peer_reliable if peer_reliable is not None else (
             leg is not None and leg.get_peer().reliable)
         loop = asyncio.get_running_loop()
@@ -746,10 +737,9 @@ class B2BUA:
         fut.add_done_callback(finished)
         return fut
 
-    async def _await_ack(self, key: TransactionKey, response: SipResponse, leg: Leg | None,
-                         *, peer_reliable: bool | None = None) -> bool:
-        """``_watch_ack``, awaited: True when the ACK came."""
-        fut = self._watch_ack(key, response, leg, peer_reliable=peer_reliable)
+    @staticmethod
+    async def _acked(fut: asyncio.Future[bool]) -> bool:
+        """A ``_watch_ack`` future, awaited: True when the ACK came."""
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
@@ -779,16 +769,25 @@ class B2BUA:
                 return self._fail(request, 503, f"calling service unavailable: {e}",
                                   headers=[("Retry-After", "5")])
             self.metrics.final("feature", 200)
-            await self.answer_locally(event, sdp)
+            self.answer_locally(event, sdp)
             return None
         if feature in (Feature.SIGN_IN, Feature.ENROLL, Feature.SIGN_OUT):
             return self._fail(request, 480, "sign-in not available")
         return self._fail(request, 480, "feature not available")
 
-    async def answer_locally(self, event: RequestReceived, sdp: str) -> None:
-        """Answer a call the gateway terminates itself (feature codes: enrollment, DND),
-        then hang up after a moment."""
+    def answer_locally(self, event: RequestReceived, sdp: str | None = None, *,
+                       display: str = "", asserted: str = "",
+                       bye_delay: float | None = None) -> None:
+        """Answer a call the gateway terminates itself (feature codes: sign-in, sign-out,
+        enrollment, DND), then hang up after ``bye_delay`` (the configured feature delay).
+
+        ``display`` and ``asserted`` show the caller a text: the To display name and an
+        RFC 3325 §9.1 P-Asserted-Identity are where Cisco, Poly and Yealink phones show
+        the connected party. ``sdp``: the request's offer, when already split out.
+        """
         request = event.request
+        if sdp is None:
+            sdp, _ = split_body(request)
         tag = new_tag()
         contact = self.our_contact(event.peer.transport)
         offer = _parse_sdp(sdp) if sdp else None
@@ -798,25 +797,36 @@ class B2BUA:
             answer = simple_answer(offer, host, 0 if not offer.media else 40000,
                                    secrets.randbelow(2**31))
             body = bytes(answer)
-        response = build_response(request, 200, to_tag=tag,
-                                  headers=[("Contact", contact), ("Allow", ALLOW)],
+        headers = [("Contact", contact), ("Allow", ALLOW)]
+        if asserted:
+            headers.append(("P-Asserted-Identity", asserted))
+        response = build_response(request, 200, to_tag=tag, headers=headers,
                                   body=body, content_type="application/sdp")
+        if display:
+            try:
+                to = request.to
+                response.headers.set("To", str(NameAddr(to.uri, display=display,
+                                                        params=to.params).with_tag(tag)))
+            except SipParseError:
+                pass
         dialog = Dialog.from_uas(request, response, tag, contact)
-        self._local[dialog.key] = dialog
-        self._expect_ack(response)
+        self._local[dialog.key] = dialog  # the phone's ACK and an early BYE find it
+        watch = self._watch_ack(event.key, response, None, peer_reliable=event.peer.reliable)
         self._respond(event.key, response)
+        delay = self.config.feature_bye_delay if bye_delay is None else bye_delay
 
         async def run() -> None:
             try:
-                acked = await self._await_ack(event.key, response, None,
-                                              peer_reliable=event.peer.reliable)
+                acked = await self._acked(watch)
                 if not acked or dialog.key not in self._local:
                     return
-                await asyncio.sleep(self.config.feature_bye_delay)
+                await asyncio.sleep(delay)
                 if self._local.pop(dialog.key, None) is None:
                     return  # the phone hung up first
-                bye = dialog.create_request("BYE")
-                await self.gw.request(bye, event.peer)
+                resp = await self.gw.request(dialog.create_request("BYE"), event.peer)
+                if resp.status >= 300:
+                    log.info("BYE of feature call %s answered %s", dialog.call_id,
+                             resp.status)
             finally:
                 self._local.pop(dialog.key, None)
         self._spawn(run())
@@ -936,9 +946,8 @@ class B2BUA:
             return build_response(request, 481)
         response = await self._target_refresh(request, leg, event.peer)
         if response.status == 200:
-            self._expect_ack(response)
-            self._respond(event.key, response)
             self._watch_ack(event.key, response, None, peer_reliable=event.peer.reliable)
+            self._respond(event.key, response)
             return None
         return response
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -60,12 +59,10 @@ from gateway.identity.screens import (
 )
 from gateway.identity.tokens import TokenValidator
 from gateway.registrar.devices import DeviceError, normalise_mac
-from gateway.sip.dialog import Dialog
 from gateway.sip.errors import SipParseError
 from gateway.sip.events import RequestReceived
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, build_response
-from gateway.sip.sdp import SdpError, SessionDescription, simple_answer
 from gateway.sip.stack import new_tag
 from gateway.sip.uri import Uri
 from gateway.tasks import TaskSet
@@ -202,55 +199,11 @@ class IdentityService:
         return build_response(request, status, to_tag=new_tag(), headers=headers)
 
     def _answer_locally(self, event: RequestReceived, display: str, user: str) -> None:
-        """Answer the feature call (200 + SDP answer), show ``display``, BYE after a moment.
-
-        RFC 3325 §9.1 P-Asserted-Identity and the To display name are where Cisco,
-        Poly and Yealink phones show the connected party.
-        """
-        request = event.request
-        b2bua = self.gw.b2bua
-        tag = new_tag()
-        contact = b2bua.our_contact(event.peer.transport)
-        host, _ = self.gw.stack.config.via_hosts.get(event.peer.transport, ("127.0.0.1", 0))
-        body = b""
-        if request.body:
-            try:
-                offer = SessionDescription.parse(request.body.decode("utf-8", "replace"))
-                body = bytes(simple_answer(offer, host, 40000 if offer.media else 0,
-                                           secrets.randbelow(2**31)))
-            except SdpError:
-                body = b""  # the B2BUA already refused unparseable offers with 488
+        """Answer the feature call showing ``display`` (as ``user`` of our domain); the
+        B2BUA hangs up after a moment."""
         identity = str(NameAddr(Uri.parse(f"sip:{user}@{self.domain}"), display=display))
-        response = build_response(request, 200, to_tag=tag, headers=[
-            ("Contact", contact), ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS"),
-            ("P-Asserted-Identity", identity)], body=body, content_type="application/sdp")
-        try:
-            to = request.to
-            response.headers.set("To", str(NameAddr(to.uri, display=display,
-                                                    params=to.params).with_tag(tag)))
-        except SipParseError:
-            pass
-        dialog = Dialog.from_uas(request, response, tag, contact)
-        # The B2BUA owns ACK and BYE dispatch; register the dialog with it so the
-        # phone's ACK and an early BYE from the phone are matched.
-        b2bua._local[dialog.key] = dialog
-        self.gw.driver.respond(event.key, response)
-
-        async def run() -> None:
-            try:
-                acked = await b2bua._await_ack(event.key, response, None,
-                                               peer_reliable=event.peer.reliable)
-                if not acked or dialog.key not in b2bua._local:
-                    return
-                await asyncio.sleep(self.bye_delay)
-                if b2bua._local.pop(dialog.key, None) is None:
-                    return  # the phone hung up first
-                resp = await self.gw.request(dialog.create_request("BYE"), event.peer)
-                if resp.status >= 300:
-                    log.info("BYE of feature call %s answered %s", dialog.call_id, resp.status)
-            finally:
-                b2bua._local.pop(dialog.key, None)
-        self._spawn(run())
+        self.gw.b2bua.answer_locally(event, display=display, asserted=identity,
+                                     bye_delay=self.bye_delay)
 
     # -- NOTIFY check-sync ---------------------------------------------------------------
     async def _on_paired(self, device_id: str, user: DirectoryUser) -> None:

@@ -463,16 +463,17 @@ class Registrar:
         the size of the fleet; the REGISTER script keeps the counts)."""
         if self.metrics is None:
             return
-        labels = sorted(await self.redis.smembers(keys.active_labels()))
+        labels = sorted(raw.decode() for raw in
+                        await self.redis.smembers(keys.active_labels()))
         counts: dict[tuple[str, ...], int] = {}
         if labels:
             pipe = self.redis.pipeline(transaction=False)
             for label in labels:
-                pipe.zremrangebyscore(keys.active(label.decode()), "-inf", repr(now))
-                pipe.zcount(keys.active(label.decode()), f"({now!r}", "+inf")
+                pipe.zremrangebyscore(keys.active(label), "-inf", repr(now))
+                pipe.zcount(keys.active(label), f"({now!r}", "+inf")
             replies = await pipe.execute()
             for label, n in zip(labels, replies[1::2], strict=True):
-                parts = tuple(p or "unknown" for p in label.decode().split("\t"))
+                parts = tuple(p or "unknown" for p in label.split("\t"))
                 if n and len(parts) == 3:
                     counts[parts] = counts.get(parts, 0) + int(n)
         self.metrics.active.clear()

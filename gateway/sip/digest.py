@@ -80,13 +80,12 @@ def canonical_algorithm(value: str | None) -> str:
 # without escapes. One match proves the whole header well formed; anything else (other
 # schemes' case, escapes, empty list elements, duplicates …) takes the general parser.
 _NAME = r"[A-Za-z0-9\-.!%*_+`'~]+"
-_PAIR = rf"{_NAME}[ \t]*=[ \t]*(?:\"[^\"\\\r\n\x00]*\"|[A-Za-z0-9\-.!%*_+`'~/:=@?\[\]]+)"
-_FAST_AUTH_RE = re.compile(rf"Digest[ \t]+{_PAIR}(?:[ \t]*,[ \t]*{_PAIR})*")
-_FAST_PAIR_RE = re.compile(
-    rf"({_NAME})[ \t]*=[ \t]*(?:\"([^\"\\\r\n\x00]*)\"|([A-Za-z0-9\-.!%*_+`'~/:=@?\[\]]+))")
-
-
+# a value, quoted (group 1, without the quotes) or a token (group 2)
 _VALUE = r"(?:\"([^\"\\\r\n\x00]*)\"|([A-Za-z0-9\-.!%*_+`'~/:=@?\[\]]+))"
+_SEP = r"[ \t]*,[ \t]*"
+_PAIR = rf"{_NAME}[ \t]*=[ \t]*{_VALUE}"
+_FAST_AUTH_RE = re.compile(rf"Digest[ \t]+{_PAIR}(?:{_SEP}{_PAIR})*")
+_FAST_PAIR_RE = re.compile(rf"({_NAME})[ \t]*=[ \t]*{_VALUE}")
 
 
 class _Shape:
@@ -99,10 +98,9 @@ class _Shape:
     def __init__(self, names: list[str]) -> None:
         self.raw = tuple(names)
         self.names = tuple(n.lower() for n in names)
-        sep = r"[ \t]*,[ \t]*"
         self.match = re.compile(
-            r"Digest[ \t]+" + sep.join(re.escape(n) + r"[ \t]*=[ \t]*" + _VALUE
-                                         for n in names)).fullmatch
+            r"Digest[ \t]+" + _SEP.join(re.escape(n) + r"[ \t]*=[ \t]*" + _VALUE
+                                          for n in names)).fullmatch
 
 
 _shapes: list[_Shape] = []  # the latest first

@@ -176,36 +176,21 @@ def _slot_of(line: str) -> int | None:
     return slot
 
 
-_REQUEST_URIS: set[str] = set()  # Request-URIs proven good (a fleet sends a handful)
-_REQUEST_LINES: set[str] = set()  # whole request lines proven good
+_REQUEST_LINES: set[str] = set()  # request lines proven good (a fleet sends a handful)
 
 
 def _request_line_ok(start: str) -> bool:
     if start in _REQUEST_LINES:
         return True
-    if _request_line_checked(start):
-        if len(_REQUEST_LINES) >= 1024:
-            _REQUEST_LINES.clear()
-        _REQUEST_LINES.add(start)
-        return True
-    return False
-
-
-def _request_line_checked(start: str) -> bool:
     m = _REQUEST_RE.fullmatch(start)
     if m is None or m.group(1) != "REGISTER" or (m.group(4), m.group(5)) != ("2", "0"):
         return False
-    uri = m.group(2)
-    if uri in _REQUEST_URIS:
-        return True
     try:
-        if Uri.parse(uri).headers:
+        if Uri.parse(m.group(2)).headers:
             return False
     except SipParseError:
         return False
-    if len(_REQUEST_URIS) >= 1024:
-        _REQUEST_URIS.clear()
-    _REQUEST_URIS.add(uri)
+    _remember(_REQUEST_LINES, start)
     return True
 
 

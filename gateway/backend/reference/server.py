@@ -278,9 +278,6 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/sim/calls", Api.sim_call),
     Route("POST", "/v1/sim/calls/{call_id}/hangup", Api.sim_far_hangup),
 )
-# The router tries only the routes with as many path segments as the request has.
-_ROUTES_BY_LENGTH: dict[int, tuple[Route, ...]] = {
-    n: tuple(r for r in ROUTES if len(r.parts) == n) for n in {len(r.parts) for r in ROUTES}}
 
 
 def _is_param(segment: str) -> bool:
@@ -293,8 +290,9 @@ def _shape(parts: list[str]) -> tuple[int, str, str | None]:
     return len(parts), parts[1], None if _is_param(parts[-1]) else parts[-1]
 
 
-# Narrower still: the routes sharing the request's second and last segments, plus those
-# ending in a parameter (every route that can match a path is in one of the two buckets).
+# The router tries only the routes with as many path segments as the request has and the
+# same second and last segments, plus those ending in a parameter (every route that can
+# match a path is in one of the two buckets).
 _ROUTES_BY_SHAPE: dict[tuple[int, str, str | None], tuple[Route, ...]] = {}
 for _r in ROUTES:
     assert len(_r.parts) >= 2 and not _is_param(_r.parts[1]), _r.path
@@ -304,7 +302,7 @@ for _r in ROUTES:
 def _routes_for(parts: list[str]) -> tuple[Route, ...]:
     n = len(parts)
     if n < 2:
-        return _ROUTES_BY_LENGTH.get(n, ())
+        return ()  # every route has two segments at least (asserted above)
     return _ROUTES_BY_SHAPE.get((n, parts[1], parts[-1]), ()) + \
         _ROUTES_BY_SHAPE.get((n, parts[1], None), ())
 # Served outside the REST router (a WebSocket upgrade); listed for the OpenAPI parity test.

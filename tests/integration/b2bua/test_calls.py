@@ -140,6 +140,19 @@ async def ack_of(phone: Phone) -> SipRequest:
     return await phone.expect_request("ACK")
 
 
+async def teams_call_answered(env: Any, phone: Phone, tag: str = "calleetag",
+                              ) -> tuple[Any, Any, SipRequest]:
+    """Carol's simulated Teams client calls Alice, whose phone answers (with ``tag``):
+    (Carol's endpoint, the backend call, the INVITE the phone got) once connected."""
+    sim = await env.gw.backend.sim_client(CAROL.oid)
+    call = await env.gw.backend.sim_call(CAROL.oid, ALICE.oid, sim.endpoint_id)
+    invite = await phone.expect_request("INVITE")
+    answer_invite(phone, invite, tag=tag)
+    await ack_of(phone)
+    await env.wait_call_state(call.call_id, "connected")
+    return sim, call, invite
+
+
 @in_task
 async def test_device_calls_device_and_hangs_up(tmp_path: Path, redis_url: str) -> None:
     async with environment(tmp_path, redis_url) as env:
@@ -175,13 +188,8 @@ async def test_device_calls_device_and_hangs_up(tmp_path: Path, redis_url: str) 
 async def test_teams_client_calls_device_then_hangs_up(tmp_path: Path, redis_url: str) -> None:
     async with environment(tmp_path, redis_url) as env:
         a = await env.phone(ALICE.oid)
-        sim = await env.gw.backend.sim_client(CAROL.oid)
-        call = await env.gw.backend.sim_call(CAROL.oid, ALICE.oid, sim.endpoint_id)
-        invite = await a.expect_request("INVITE")
+        sim, call, invite = await teams_call_answered(env, a)
         assert invite.uri.port == a.port
-        answer_invite(a, invite)
-        await ack_of(a)
-        await env.wait_call_state(call.call_id, "connected")
         await env.gw.backend.sim_hangup(sim.endpoint_id, call.call_id)
         bye = await a.expect_request("BYE")
         assert bye.from_.tag == invite.from_.tag and bye.to.tag == "calleetag"
@@ -192,12 +200,7 @@ async def test_teams_client_calls_device_then_hangs_up(tmp_path: Path, redis_url
 async def test_device_hangs_up_teams_call(tmp_path: Path, redis_url: str) -> None:
     async with environment(tmp_path, redis_url) as env:
         a = await env.phone(ALICE.oid)
-        sim = await env.gw.backend.sim_client(CAROL.oid)
-        call = await env.gw.backend.sim_call(CAROL.oid, ALICE.oid, sim.endpoint_id)
-        invite = await a.expect_request("INVITE")
-        answer_invite(a, invite, tag="t1")
-        await ack_of(a)
-        await env.wait_call_state(call.call_id, "connected")
+        sim, call, invite = await teams_call_answered(env, a, tag="t1")
         # the phone hangs up: BYE in the dialog the gateway created
         from gateway.sip.message import build_response  # noqa: F401
         bye = (f"BYE {invite.headers.get('Contact').strip('<>')} SIP/2.0\r\n"
@@ -318,12 +321,7 @@ async def test_teams_client_reoffer_reaches_the_phone(tmp_path: Path, redis_url:
     the call goes on (the hang-up still reaches the phone in the same dialog)."""
     async with environment(tmp_path, redis_url) as env:
         a = await env.phone(ALICE.oid)
-        sim = await env.gw.backend.sim_client(CAROL.oid)
-        call = await env.gw.backend.sim_call(CAROL.oid, ALICE.oid, sim.endpoint_id)
-        invite = await a.expect_request("INVITE")
-        answer_invite(a, invite, tag="t9")
-        await ack_of(a)
-        await env.wait_call_state(call.call_id, "connected")
+        sim, call, invite = await teams_call_answered(env, a, tag="t9")
         hold = SDP.replace("o=phone 1 1", "o=carol 3 4").replace("a=sendrecv", "a=sendonly")
         await env.gw.backend.reoffer(call.call_id, sim.endpoint_id, hold)
         reinvite = await a.expect_request("INVITE")
