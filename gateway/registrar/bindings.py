@@ -12,6 +12,7 @@ is a single Lua script: one round trip, atomic across nodes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import math
@@ -101,6 +102,22 @@ class Binding:
 
 _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _esc = encode_basestring_ascii
+
+
+# A device's REGISTERs name the same guard keys until the rate window turns, and the
+# limits are the configuration's: both built once, not for every REGISTER.
+@functools.lru_cache(maxsize=65536)
+def _guard_keys(source_ip: str, username: str, window: int) -> tuple[str, ...]:
+    return (keys.rate("src", source_ip, window), keys.rate("acct", username, window),
+            keys.block("src", source_ip), keys.block("acct", username),
+            keys.failures("src", source_ip), keys.failures("acct", username))
+
+
+@functools.lru_cache(maxsize=16)
+def _guard_args(guard: GuardConfig) -> tuple[str, ...]:
+    return (str(guard.rate_window * 2), str(guard.source_rate), str(guard.account_rate),
+            str(guard.failure_window), str(guard.source_failures),
+            str(guard.account_failures), str(guard.block_seconds))
 
 
 def _num(v: float | int | None) -> str:
@@ -204,15 +221,9 @@ class BindingStore:
 
     @staticmethod
     def _guard_part(guard: GuardConfig, source_ip: str, username: str, now: float,
-                    ) -> tuple[list[str], list[str]]:
-        window = int(now // guard.rate_window)
-        ks = [keys.rate("src", source_ip, window), keys.rate("acct", username, window),
-              keys.block("src", source_ip), keys.block("acct", username),
-              keys.failures("src", source_ip), keys.failures("acct", username)]
-        args = [str(guard.rate_window * 2), str(guard.source_rate), str(guard.account_rate),
-                str(guard.failure_window), str(guard.source_failures),
-                str(guard.account_failures), str(guard.block_seconds)]
-        return ks, args
+                    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return _guard_keys(source_ip, username, int(now // guard.rate_window)), \
+            _guard_args(guard)
 
     async def apply(self, u: RegisterUpdate, now: float, max_bindings: int, *,
                     guard: GuardConfig | None = None) -> RegisterResult:

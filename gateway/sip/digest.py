@@ -82,6 +82,8 @@ def canonical_algorithm(value: str | None) -> str:
 _NAME = r"[A-Za-z0-9\-.!%*_+`'~]+"
 # a value, quoted (group 1, without the quotes) or a token (group 2)
 _VALUE = r"(?:\"([^\"\\\r\n\x00]*)\"|([A-Za-z0-9\-.!%*_+`'~/:=@?\[\]]+))"
+# the same, one group: a quoted value with its quotes
+_SHAPE_VALUE = r"(\"[^\"\\\r\n\x00]*\"|[A-Za-z0-9\-.!%*_+`'~/:=@?\[\]]+)"
 _SEP = r"[ \t]*,[ \t]*"
 _PAIR = rf"{_NAME}[ \t]*=[ \t]*{_VALUE}"
 _FAST_AUTH_RE = re.compile(rf"Digest[ \t]+{_PAIR}(?:{_SEP}{_PAIR})*")
@@ -99,7 +101,7 @@ class _Shape:
         self.raw = tuple(names)
         self.names = tuple(n.lower() for n in names)
         self.match = re.compile(
-            r"Digest[ \t]+" + _SEP.join(re.escape(n) + r"[ \t]*=[ \t]*" + _VALUE
+            r"Digest[ \t]+" + _SEP.join(re.escape(n) + r"[ \t]*=[ \t]*" + _SHAPE_VALUE
                                           for n in names)).fullmatch
 
 
@@ -119,8 +121,8 @@ def parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
     for shape in _shapes:
         m = shape.match(text)
         if m is not None:
-            g = m.groups("")
-            fast = dict(zip(shape.names, map(_either, g[0::2], g[1::2]), strict=True))
+            # a quoted value holds no '"' (_SHAPE_VALUE), so stripping them unquotes it
+            fast = dict(zip(shape.names, [v.strip('"') for v in m.groups()], strict=True))
             if len(text) <= _MAX_VALUE or all(len(v) <= _MAX_VALUE for v in fast.values()):
                 return "Digest", fast
             break
@@ -136,10 +138,6 @@ def parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
                 _shapes.insert(0, _Shape(names))
             return "Digest", fast
     return _parse_auth_params(text)
-
-
-def _either(quoted: str, token: str) -> str:
-    return quoted or token
 
 
 def _parse_auth_params(text: str) -> tuple[str, dict[str, str]]:
@@ -334,8 +332,8 @@ class DigestCredentials:
                    response=p["response"].lower(),
                    algorithm=canonical_algorithm(p.get("algorithm")), qop=qop, nc=nc,
                    cnonce=cnonce, opaque=p.get("opaque"),
-                   extra={k: v for k, v in p.items() if k not in _KNOWN_CRED_PARAMS}
-                   if len(p) > len(p.keys() & _KNOWN_CRED_PARAMS) else {})
+                   extra={} if p.keys() <= _KNOWN_CRED_PARAMS else
+                   {k: v for k, v in p.items() if k not in _KNOWN_CRED_PARAMS})
 
     def __str__(self) -> str:
         params: list[tuple[str, str]] = [

@@ -120,6 +120,29 @@ def cpu_seconds(pid: int, skip: Collection[int] = ()) -> float:
     return total / _CLK_TCK
 
 
+def cpu_ticks() -> dict[int, tuple[int, int]]:
+    """Per core: (steal, all) ticks from /proc/stat. Steal is time the hypervisor gave
+    this machine's core to someone else: on a shared host it can take a third of a core
+    and turns any rate into noise, so every step reports it."""
+    out: dict[int, tuple[int, int]] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *vals = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks = [int(v) for v in vals[:8]]
+                out[int(name[3:])] = (ticks[7] if len(ticks) > 7 else 0, sum(ticks))
+    return out
+
+
+def steal_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
+                core: int) -> float | None:
+    """The share of ``core``'s time stolen between two ``cpu_ticks`` readings."""
+    if core not in before or core not in after:
+        return None
+    total = after[core][1] - before[core][1]
+    return (after[core][0] - before[core][0]) / total if total > 0 else None
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process and its descendants (shared pages counted per process)."""
     total = 0

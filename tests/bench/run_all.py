@@ -59,9 +59,11 @@ from harness import (  # noqa: E402
     SippResult,
     cores_available,
     cpu_seconds,
+    cpu_ticks,
     free_udp_port,
     pin_prefix,
     rss_bytes,
+    steal_share,
 )
 
 PYTHON = sys.executable
@@ -108,6 +110,7 @@ class Step:
     load_cpu: float  # SIPp CPU seconds per wall second
     probe: dict[str, Any]
     peer_cpu: float | None = None  # the backend's (with its Valkey), on the load core
+    steal: tuple[float | None, float | None] = (None, None)  # server core, load core
 
     @property
     def passed(self) -> bool:
@@ -122,8 +125,14 @@ class Step:
                 f"failed {self.sipp.failed:6,} ({100 * self.sipp.failure_ratio:.3f}%)  "
                 f"server cpu {self.cpu:4.2f}  sipp cpu {self.load_cpu:4.2f}  "
                 + (f"backend cpu {self.peer_cpu:4.2f}  " if self.peer_cpu is not None else "")
-                + f"{lat}  "
+                + f"{lat}  {self.steal_text()}"
                 f"{'ok' if self.passed else 'FAIL'}")
+
+    def steal_text(self) -> str:
+        if self.steal == (None, None):
+            return ""
+        return "steal " + "/".join("?" if s is None else f"{100 * s:.0f}%"
+                                   for s in self.steal) + "  "
 
 
 @dataclass
@@ -237,10 +246,12 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
         peer0 = cpu_seconds(load.peer_pid) if load.peer_pid else 0.0
         skip = getattr(server, "cpu_skip", ())  # a store moved off the server core
         cpu0, t0 = cpu_seconds(server.pid, skip), time.monotonic()
+        ticks0 = cpu_ticks()
         sipp.start()
         watcher.start()
         result = sipp.wait()
         cpu1, t1 = cpu_seconds(server.pid, skip), time.monotonic()
+        ticks1 = cpu_ticks()
         peer1 = cpu_seconds(load.peer_pid) if load.peer_pid else 0.0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         probe_result = pr.result() if pr is not None else {}
@@ -256,6 +267,8 @@ def run_step(server: Server, load: Load, rate: float, seconds: float, settings: 
                            f"(exit {result.returncode}): {result.errors[-800:]}")
     load_cpu = ((after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
     step = Step(rate, result, (cpu1 - cpu0) / (t1 - t0), load_cpu / (t1 - t0), probe_result)
+    step.steal = (steal_share(ticks0, ticks1, SERVER_CORE),
+                  steal_share(ticks0, ticks1, LOAD_CORE))
     if load.peer_pid:
         step.peer_cpu = (peer1 - peer0) / (t1 - t0)
     if track_rss:

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import redis as redis_sync
 
+from tests.bench.harness import cpu_ticks, steal_share
+
 from ..gateway_process import GatewayProcess
 from .helpers import HERE, UdpPhone, overrides, provision, write_csv
 
@@ -136,7 +138,8 @@ def main() -> int:
             print(f"gateway on core 0, Valkey on core {args.store_core}, SIPp on core 1; "
                   f"REGISTERs by the {'general path' if args.general else 'fast lane'}")
             print(f"{'rate':>6} {'ok':>7} {'failed':>7} {'reg/s':>7} {'p50 ms':>7} "
-                  f"{'p99 ms':>7} {'gw cpu':>6} {'valkey':>6}  (probe: full 401+200 cycle)")
+                  f"{'p99 ms':>7} {'gw cpu':>6} {'valkey':>6} {'steal':>7}  "
+                  "(probe: full 401+200 cycle; steal: core 0/core 1)")
             offset = 0
             shed_before = 0.0
             for i, rate in enumerate(rates):
@@ -164,6 +167,7 @@ def main() -> int:
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 started = time.monotonic()
                 cpu0 = (_cpu_seconds(gw_pid), sum(_cpu_seconds(p) for p in store_pids))
+                ticks0 = cpu_ticks()
                 run = subprocess.run(
                     ["taskset", "-c", "1", "sipp", "-sf", str(HERE / "register_uac.xml"),
                      "-inf", str(csv), "-m", str(calls), "-r", str(rate), "-t", "u1",
@@ -173,6 +177,9 @@ def main() -> int:
                      f"{host}:{port}"],
                     capture_output=True, text=True, cwd=tmp, timeout=args.seconds * 4 + 30)
                 elapsed = time.monotonic() - started
+                ticks1 = cpu_ticks()
+                steal = "/".join(f"{100 * (steal_share(ticks0, ticks1, c) or 0):.0f}%"
+                                 for c in (0, 1))
                 cpu_gw = (_cpu_seconds(gw_pid) - cpu0[0]) / elapsed
                 cpu_kv = (sum(_cpu_seconds(p) for p in store_pids) - cpu0[1]) / elapsed
                 stop.set()
@@ -197,7 +204,8 @@ def main() -> int:
                 if shed:
                     verdict += f" (shed {shed:.0f}: the node was behind)"
                 print(f"{rate:>6} {n_ok:>7} {n_bad:>7} {n_ok / elapsed:>7.0f} {p50:>7.1f} "
-                      f"{p99:>7.1f} {cpu_gw:>6.0%} {cpu_kv:>6.0%}  {verdict}", flush=True)
+                      f"{p99:>7.1f} {cpu_gw:>6.0%} {cpu_kv:>6.0%} {steal:>7}  {verdict}",
+                      flush=True)
             # where the store's time went (µs per call), for the Lua script's share of core 0
             stats = store.info("commandstats")
             top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:5]
