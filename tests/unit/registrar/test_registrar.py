@@ -13,6 +13,7 @@ from gateway.registrar import DeviceStore
 from gateway.sip.digest import DigestChallenge
 from gateway.sip.errors import SipParseError
 from gateway.sip.peer import FlowId, Peer
+from gateway.state.keys import device_auth
 
 MAC = "0004f2aabbcc"
 
@@ -383,6 +384,45 @@ def test_active_registrations_gauge_follows_every_change(env: Env) -> Deferred[N
         assert await reg.devices.remove("0004f2cc0001")
         await reg.refresh_metrics(env.clock.now)
         assert active("BELOW_APPROVED") is None
+        await r.aclose()
+    return arun(body())
+
+
+def test_device_record_follows_the_phone(env: Env) -> Deferred[None]:
+    """The REGISTER script writes only the device fields that changed: a refresh moves
+    last_seen and the verdict's check time and keeps the rest; a firmware upgrade
+    rewrites the verdict; a new source address is remembered for the account."""
+    env.policy.rules["VVX_410-UA/5.9.5"] = Verdict(
+        admitted=True, flagged=True, compliance="BELOW_APPROVED",
+        reason="firmware 5.9.5 below approved 5.9.7", upgrade_to="5.9.7")
+
+    async def body() -> None:
+        user, pw = await _device(env)
+        reg, r = env.make()
+        store = DeviceStore(r, REALM, clock=env.clock)
+        old_ua = "PolycomVVX-VVX_410-UA/5.9.5.1"
+        first = Peer("UDP", "203.0.113.9", 5060)
+        assert (await env.register(reg, register_text(user, ua=old_ua), user, pw,
+                                   peer=first)).status == 200
+        before = await store.get(MAC)
+        assert before is not None and before.firmware.user_agent == old_ua
+        assert before.firmware.flagged and before.firmware.upgrade_to == "5.9.7"
+        assert before.last_seen == env.clock.now == before.firmware.checked
+        env.clock.now += 30
+        assert (await env.register(reg, register_text(user, ua=old_ua, cseq=2), user, pw,
+                                   peer=first)).status == 200
+        again = await store.get(MAC)
+        assert again is not None and again.last_seen == env.clock.now
+        assert again.firmware == dataclasses.replace(before.firmware, checked=env.clock.now)
+        env.clock.now += 30
+        moved = Peer("UDP", "203.0.113.77", 5062)
+        assert (await env.register(reg, register_text(user, cseq=3), user, pw,
+                                   peer=moved)).status == 200
+        upgraded = await store.get(MAC)
+        assert upgraded is not None and upgraded.firmware.user_agent != old_ua
+        assert upgraded.firmware.compliance == "SUPPORTED" and not upgraded.firmware.flagged
+        assert upgraded.firmware.reason == upgraded.firmware.upgrade_to == ""
+        assert (await r.hget(device_auth(user), "last_ip")) == b"203.0.113.77"
         await r.aclose()
     return arun(body())
 
