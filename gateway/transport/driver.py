@@ -154,6 +154,7 @@ class SipDriver:
         bound = int(lp.getHost().port)
         _grow_socket_buffers(lp)
         lp.maxThroughput = READ_BATCH
+        proto.read_directly(self._reactor)
         proto.port = bound
         self._ports.append(lp)
         self._udp.append(proto)

@@ -8,11 +8,13 @@ exactly what the general code gives.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.internet.error import MessageLengthError
 
 from gateway.ops import metrics as metrics_module
@@ -121,3 +123,35 @@ def test_raw_cache_is_bounded() -> None:
     assert m.sample("sip_messages_received_total", {
         "transport": "UDP", "kind": "request", "method": "other", "status": ""}) == \
         metrics_module._RAW_CACHE_MAX * 2 + 5
+
+
+
+@pytest_twisted.inlineCallbacks
+def test_direct_reading_delivers_and_stops_with_the_port() -> Any:
+    """read_directly: the asyncio loop reads the socket (Twisted no longer does), every
+    datagram of a burst arrives with its source, and stopping the port removes the
+    reader from the loop."""
+    from twisted.internet import reactor, task
+
+    sink = _Sink()
+    proto = SipDatagramProtocol(sink, "127.0.0.1")
+    port: Any = reactor.listenUDP(0, proto, interface="127.0.0.1",  # type: ignore[attr-defined]
+                                  maxPacketSize=65535)
+    loop: asyncio.AbstractEventLoop = reactor._asyncioEventloop  # type: ignore[attr-defined]
+    fd = port.socket.fileno()
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    try:
+        assert proto.read_directly(reactor)
+        assert port not in reactor.getReaders()  # type: ignore[attr-defined]
+        for i in range(50):
+            peer.sendto(b"OPTIONS %d" % i, ("127.0.0.1", port.getHost().port))
+        deadline = loop.time() + 5
+        while len(sink.got) < 50 and loop.time() < deadline:
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        assert [d for d, _ in sink.got] == [b"OPTIONS %d" % i for i in range(50)]
+        assert {p.port for _, p in sink.got} == {peer.getsockname()[1]}
+    finally:
+        peer.close()
+        yield port.stopListening()
+    assert loop.remove_reader(fd) is False  # already gone with the port
