@@ -16,7 +16,6 @@ import email.utils
 import functools
 import logging
 import random
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, build_response
 from gateway.sip.peer import Peer
+from gateway.sip.randomness import POOL
 from gateway.sip.uri import Uri
 from gateway.state import keys
 from gateway.state.pipe import run_commands
@@ -880,7 +880,7 @@ class Registrar:
 # -- helpers ---------------------------------------------------------------------------
 
 def _tag() -> str:
-    return secrets.token_hex(6)
+    return POOL.hex(6)
 
 
 def _unescape(user: str) -> str:

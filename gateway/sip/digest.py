@@ -25,10 +25,13 @@ import base64
 import enum
 import hashlib
 import hmac
-import os
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.sip.randomness import POOL
 
 __all__ = [
     "ALGORITHMS", "DigestChallenge", "DigestCredentials", "DigestError", "NonceCheck",
@@ -55,11 +58,32 @@ class DigestError(ValueError):
     """
 
 
+# the constructors themselves: hashlib.new(name) goes through a Python-level lookup
+_HASHES: dict[str, Callable[[bytes], Any]] = {
+    alg: getattr(hashlib, name) for alg, name in ALGORITHMS.items()}
+
+
 def _hash(algorithm: str, text: str) -> str:
-    name = ALGORITHMS.get(algorithm)
-    if name is None:
+    new = _HASHES.get(algorithm)
+    if new is None:
         raise DigestError(f"unsupported digest algorithm {algorithm[:20]!r}")
-    return hashlib.new(name, text.encode("utf-8", "surrogateescape")).hexdigest()
+    return new(text.encode("utf-8", "surrogateescape")).hexdigest()  # type: ignore[no-any-return]
+
+
+# H(method:uri) is the same for every REGISTER a fleet sends to one realm
+_HA2: dict[tuple[str, str, str], str] = {}
+_HA2_MAX = 1024
+
+
+def _ha2(algorithm: str, method: str, uri: str) -> str:
+    key = (algorithm, method, uri)
+    ha2 = _HA2.get(key)
+    if ha2 is None:
+        ha2 = _hash(algorithm, f"{method}:{uri}")
+        if len(_HA2) >= _HA2_MAX:
+            _HA2.clear()
+        _HA2[key] = ha2
+    return ha2
 
 
 def canonical_algorithm(value: str | None) -> str:
@@ -360,7 +384,7 @@ def compute_response(ha1: str, method: str, uri: str, nonce: str, *, algorithm: 
                      cnonce: str | None = None) -> str:
     """The request-digest for ``qop=auth`` or, without qop, the RFC 2069 form."""
     algorithm = canonical_algorithm(algorithm)
-    ha2 = _hash(algorithm, f"{method}:{uri}")
+    ha2 = _ha2(algorithm, method, uri)
     if qop is None:
         return _hash(algorithm, f"{ha1}:{nonce}:{ha2}")
     if qop != "auth" or nc is None or cnonce is None:
@@ -420,7 +444,7 @@ class NonceFactory:
                                digest_size=_NONCE_MAC).digest()
 
     def issue(self, now: float, *, random_bytes: bytes | None = None) -> str:
-        rnd = random_bytes if random_bytes is not None else os.urandom(_NONCE_RANDOM)
+        rnd = random_bytes if random_bytes is not None else POOL.take(_NONCE_RANDOM)
         if len(rnd) != _NONCE_RANDOM:
             raise ValueError(f"nonce randomness must be {_NONCE_RANDOM} bytes")
         head = struct.pack(">Q", int(now * 1000)) + rnd
