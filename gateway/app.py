@@ -140,7 +140,8 @@ class Gateway:
         else:
             port = cfg.redis.embedded_tcp_port
             self.valkey = EmbeddedValkey(cfg.data_path / "valkey",
-                                         tcp_port=None if port < 0 else port)
+                                         tcp_port=None if port < 0 else port,
+                                         appendonly=cfg.redis.embedded_persist)
             await asyncio.to_thread(self.valkey.start)
             url = self.valkey.url
             self.listening.append(Listening("valkey", "unix", str(self.valkey.socket_path), 0))

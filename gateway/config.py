@@ -60,6 +60,9 @@ class RedisConfig:
 
     url: str = ""
     embedded_tcp_port: int = -1  # >=0: also expose the embedded Valkey on loopback TCP
+    # the embedded Valkey's append-only file (bindings and devices survive a restart);
+    # false: memory only, as a registrar with in-memory location tables
+    embedded_persist: bool = True
 
 
 @dataclass
@@ -248,6 +251,14 @@ def load_config(path: str | os.PathLike[str] | None = None,
     return cfg
 
 
+def _toml(value: Any) -> str:
+    """A default as TOML: Python's repr is TOML for strings, numbers and lists of
+    them, but not for booleans."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def describe() -> str:
     """Every setting with its default, for ``sipgw config``."""
     out: list[str] = []
@@ -256,7 +267,7 @@ def describe() -> str:
         section = getattr(cfg, f.name)
         out.append(f"[{f.name}]  # {type(section).__doc__}")
         for sf in fields(section):
-            out.append(f"{sf.name} = {getattr(section, sf.name)!r}    "
+            out.append(f"{sf.name} = {_toml(getattr(section, sf.name))}    "
                        f"# env SIPGW_{f.name.upper()}_{sf.name.upper()}")
         out.append("")
     return "\n".join(out)

@@ -103,6 +103,8 @@ def main() -> int:
     ap.add_argument("--lift-source-limit", action="store_true")
     ap.add_argument("--store-core", type=int, default=0, choices=(0, 1))
     ap.add_argument("--general", action="store_true")
+    ap.add_argument("--aof", action="store_true",
+                    help="keep the store's append-only file (the bench runs it in memory)")
     ap.add_argument("--profile", help="py-spy raw profile of the gateway during the last step")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",")]
@@ -118,7 +120,8 @@ def main() -> int:
         mine = os.sched_getaffinity(0)
         os.sched_setaffinity(0, {0})
         try:
-            gw = GatewayProcess(tmp, overrides(redis={"embedded_tcp_port": 0},
+            gw = GatewayProcess(tmp, overrides(redis={"embedded_tcp_port": 0,
+                                                      "embedded_persist": args.aof},
                                                registrar=reg)).start()
         finally:
             os.sched_setaffinity(0, mine)
