@@ -27,11 +27,10 @@ from redis.exceptions import NoScriptError
 from gateway.registrar.guard import GuardConfig
 from gateway.sip.peer import FlowId, Peer
 from gateway.state import keys
-from gateway.state.pipe import LazyPipe, RespPipe, packed_args
+from gateway.state.pipe import LazyPipe, RespPipe
 
 # Extra lifetime of the per-AOR keys beyond the last binding's expiry (s).
 KEY_SLACK = 60
-_FIXED_MAX = 65536  # packed argument runs kept (one per device, source and window)
 
 
 # Values built for every REGISTER are plain (not frozen) slotted dataclasses, hashable
@@ -105,15 +104,13 @@ _dumps = json.JSONEncoder(separators=(",", ":")).encode
 _esc = encode_basestring_ascii
 
 
-# A device's REGISTERs name the same guard keys until the rate window turns, and the
-# limits are the configuration's: both built once, not for every REGISTER.
-@functools.lru_cache(maxsize=65536)
 def _guard_keys(source_ip: str, username: str, window: int) -> tuple[str, ...]:
     return (keys.rate("src", source_ip, window), keys.rate("acct", username, window),
             keys.block("src", source_ip), keys.block("acct", username),
             keys.failures("src", source_ip), keys.failures("acct", username))
 
 
+# the limits are the configuration's: built once, not for every REGISTER
 @functools.lru_cache(maxsize=16)
 def _guard_args(guard: GuardConfig) -> tuple[str, ...]:
     return (str(guard.rate_window * 2), str(guard.source_rate), str(guard.account_rate),
@@ -176,8 +173,6 @@ class BindingStore:
         # redis-py's return types are bytes|str unions; results are bytes (no decoding)
         self.redis: Any = redis
         self._register_sha = hashlib.sha1(_REGISTER_LUA.encode()).hexdigest()
-        self._evalsha_head = packed_args(("EVALSHA", self._register_sha, "13"))
-        self._fixed: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}
         self._purge = redis.register_script(_PURGE_LUA)
         self._pipe = LazyPipe(timeout)
 
@@ -242,38 +237,8 @@ class BindingStore:
         pipe = self.pipe
         if pipe is None:
             return None
-        return pipe.send_packed_now(self._packed_apply(u, now, max_bindings, guard))
-
-    def _packed_apply(self, u: RegisterUpdate, now: float, max_bindings: int,
-                      g: GuardConfig) -> bytes:
-        """The EVALSHA of ``_apply_args`` in RESP. Of its ~60 arguments only a third
-        change from one REGISTER of a device to the next: the runs that do not (KEYS 2-13,
-        ARGV 9-25) are packed once per device, source, rate window and limits, and kept
-        (tests/unit/registrar/test_registrar.py holds this to packing the whole list)."""
-        window = int(now // g.rate_window)
-        nf = 2 * len(u.device_fields)
-        key = (u.aor, u.device_id, u.username, u.source_ip, window, u.apply, nf,
-               u.ha1_field, u.ha1, max_bindings, g)
-        fixed = self._fixed.get(key)
-        if fixed is None:
-            ks, args = self._apply_args(u, now, max_bindings, g)
-            fixed = (packed_args(tuple(ks[1:])), packed_args(tuple(args[8:25])))
-            if len(self._fixed) >= _FIXED_MAX:
-                self._fixed.clear()
-            self._fixed[key] = fixed
-        tail: list[str] = []
-        for k, v in u.device_fields.items():
-            tail += (k, v)
-        for op in u.ops:
-            b = op.binding
-            tail += (op.key, repr(b.expires), b.to_json()) if b is not None else \
-                (op.key, "0", "")
-        head = packed_args((keys.nonce_count(u.nonce),))
-        mid = packed_args((repr(now), str(u.nc), str(int(u.nonce_ttl * 1000)), _esc(u.call_id),
-                           str(u.cseq), str(max_bindings), str(len(u.ops)),
-                           "1" if u.wildcard else "0"))
-        return b"".join((b"*%d\r\n" % (41 + len(tail)), self._evalsha_head, head, fixed[0],
-                         mid, fixed[1], packed_args(tuple(tail)) if tail else b""))
+        ks, args = self._apply_args(u, now, max_bindings, guard)
+        return pipe.send_now("EVALSHA", self._register_sha, len(ks), *ks, *args)
 
     def _apply_args(self, u: RegisterUpdate, now: float, max_bindings: int,
                     g: GuardConfig) -> tuple[list[str], list[str]]:

@@ -39,13 +39,6 @@ def _pack(args: tuple[Any, ...]) -> bytes:
         return _pack_py(args)  # text that came in undecodable (surrogate escapes)
 
 
-def packed_args(args: tuple[Any, ...]) -> bytes:
-    """``args`` in RESP without the array header: pieces of one command can be packed
-    apart (and kept) and joined behind ``b"*<count>\\r\\n"``."""
-    data = _pack(args)
-    return data[data.index(b"\n") + 1:]
-
-
 def _pack_py(args: tuple[Any, ...]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
@@ -217,9 +210,6 @@ class RespPipe:
                 self._connecting = None
 
     def _send(self, args: tuple[Any, ...]) -> asyncio.Future[Any]:
-        return self._send_packed(_pack(args))
-
-    def _send_packed(self, data: bytes) -> asyncio.Future[Any]:
         assert self._transport is not None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
@@ -227,7 +217,7 @@ class RespPipe:
         self._sent_at.append(time.monotonic())
         if not self._out:
             loop.call_soon(self._write_out)
-        self._out.append(data)
+        self._out.append(_pack(args))
         if self._watchdog is None:
             self._watchdog = loop.call_later(self.timeout / 2, self._watch)
         return fut
@@ -261,13 +251,6 @@ class RespPipe:
         if self._transport is None or self._transport.is_closing():
             return None
         return self._send(args)
-
-    def send_packed_now(self, data: bytes) -> asyncio.Future[Any] | None:
-        """``send_now`` for one command already in RESP (``packed``); None when the
-        connection is not up yet."""
-        if self._transport is None or self._transport.is_closing():
-            return None
-        return self._send_packed(data)
 
     async def execute(self, *args: Any) -> Any:
         if self._transport is None or self._transport.is_closing():
