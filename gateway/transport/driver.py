@@ -142,7 +142,8 @@ class SipDriver:
         self._pumping = False
         self._pump_again = False
         self._stopped = False
-        # Sees every UDP datagram first; True: it took it (gateway.registrar.fastlane).
+        # Sees every UDP datagram first; True: it took it (gateway.registrar.fastlane,
+        # which takes REGISTERs only: they are counted as such, unread).
         self.udp_fast: Callable[[bytes, Peer], bool] | None = None
 
     # -- listening ---------------------------------------------------------------------
@@ -270,17 +271,21 @@ class SipDriver:
     # -- UDP ---------------------------------------------------------------------------
 
     def datagram_received(self, sock: SipDatagramProtocol, data: bytes, peer: Peer) -> None:
-        if self._metrics is not None:
-            self._metrics.raw_received("UDP", data)
         if self._udp_many:
             key = (peer.host, peer.port)
             self._peer_socket[key] = sock
             self._peer_socket.move_to_end(key)
             if len(self._peer_socket) > _PEER_SOCKET_CACHE:
                 self._peer_socket.popitem(last=False)
+        metrics = self._metrics
         fast = self.udp_fast
-        if fast is None or not fast(data, peer):
-            self.receive_general(data, peer)
+        if fast is not None and fast(data, peer):
+            if metrics is not None:  # the fast lane takes REGISTERs only
+                metrics.request_taken("UDP", "REGISTER")
+            return
+        if metrics is not None:
+            metrics.raw_received("UDP", data)
+        self.receive_general(data, peer)
 
     def receive_general(self, data: bytes, peer: Peer) -> None:
         """A UDP datagram through the stack (also one the fast lane took, then handed back)."""

@@ -96,7 +96,7 @@ class Settings:
     store_on_load_core: bool = True  # register/calls: the gateway's Valkey off its core
 
 
-FULL = Settings(step_seconds=8, max_steps=7, calibrate_seconds=3, probe_rate=50,
+FULL = Settings(step_seconds=8, max_steps=8, calibrate_seconds=3, probe_rate=50,
                 devices=2000, held_calls=5000, parse_seconds=2, held_max_ramp=120)
 QUICK = Settings(step_seconds=2.5, max_steps=3, calibrate_seconds=2, probe_rate=50,
                  devices=200, held_calls=5000, parse_seconds=0.5, held_max_ramp=50)
@@ -290,7 +290,8 @@ def find_sustained(server: Server, load: Load, settings: Settings, *, start: flo
         rate = min(ceiling, 0.8 * start / max(cal.cpu, 0.02))
     best: Step | None = cal if cal.passed else None
     passed: list[Step] = []
-    last_ok: bool | None = None
+    low: float | None = None  # the highest rate that passed, and the lowest that failed
+    high: float | None = None
     for _ in range(settings.max_steps):
         step = run_step(server, load, rate, settings.step_seconds, settings)
         say(step.line())
@@ -298,19 +299,23 @@ def find_sustained(server: Server, load: Load, settings: Settings, *, start: flo
             passed.append(step)
             if best is None or step.sipp.rate > best.sipp.rate or not best.probe:
                 best = step
-            if last_ok is False or rate >= ceiling:
+            low = rate
+            if rate >= ceiling:
                 break
-            saturated_load = step.load_cpu > 0.9
-            if saturated_load:
+            if step.load_cpu > 0.9:
                 say("    (SIPp is near a full core: the load generator, not the server, "
                     "may be the limit)")
                 break
             rate = min(ceiling, rate * (1.15 if step.cpu > 0.85 else 1.3))
         else:
-            if last_ok is True:
-                break
+            high = rate
             rate *= 0.75
-        last_ok = step.passed
+        if low is not None and high is not None:
+            # the boundary is between them: halve the gap (geometrically) until it is
+            # within 5%, so neither server's figure depends on where the steps fell
+            if high / low <= 1.05:
+                break
+            rate = (low * high) ** 0.5
     if best is None:
         return Outcome(server.name, note="no passing rate")
     return Outcome(server.name, best.sipp.rate, best, passed=passed)

@@ -115,6 +115,15 @@ def test_raw_counting_matches_the_start_line_sniffer() -> None:
                                         "method": method, "status": status}) == n
 
 
+def test_a_request_the_fast_lane_took_counts_as_reading_it_would() -> None:
+    m = SipMetrics()
+    m.raw_received("UDP", b"REGISTER sip:example.com SIP/2.0\r\n\r\n")
+    for _ in range(2):
+        m.request_taken("UDP", "REGISTER")
+    assert m.sample("sip_messages_received_total", {
+        "transport": "UDP", "kind": "request", "method": "REGISTER", "status": ""}) == 3
+
+
 def test_raw_cache_is_bounded() -> None:
     m = SipMetrics()
     for i in range(metrics_module._RAW_CACHE_MAX * 2 + 5):
