@@ -77,6 +77,7 @@ class LeanRegister:
     expires: int | None  # the Expires header
     authorization: str | None
     user_agent: str
+    via_shape: str | None = None  # the Via with its branch cut out, once it is known
 
 
 def read_register(data: bytes) -> LeanRegister | None:
@@ -146,8 +147,8 @@ def read_register(data: bytes) -> LeanRegister | None:
     if user is None:
         return None
     # (positional: keywords cost a measurable share of this function's time)
-    return LeanRegister(via, *via_parts, from_, to, user, call_id, cseq, int(number),
-                        contact, expires_n, auth, ua or "")
+    return LeanRegister(via, *via_parts[:3], from_, to, user, call_id, cseq, int(number),
+                        contact, expires_n, auth, ua or "", via_parts[3])
 
 
 _MEANINGFUL = -1  # a header whose presence sends the request the general way
@@ -234,25 +235,30 @@ _VIA_SHAPES: dict[str, tuple[str, bool]] = {}
 _BRANCH = re.compile(r"z9hG4bK[A-Za-z0-9\-.!%*_+`'~:]{0,193}").fullmatch
 
 
-def _read_via(via: str) -> tuple[str, str, bool] | None:
-    """(branch, sent-by host, bare rport) of a Via in the parser's fast UDP shape."""
+def _read_via(via: str) -> tuple[str, str, bool, str | None] | None:
+    """(branch, sent-by host, bare rport, shape) of a Via in the parser's fast UDP shape;
+    the shape (the Via with the branch value cut out) only once it is known good."""
     head, sep, tail = via.partition(";branch=")
     if not sep:
-        return _parse_via(via)
+        parts = _parse_via(via)
+        return None if parts is None else (*parts, None)
     semi = tail.find(";")
     branch, rest = (tail, "") if semi < 0 else (tail[:semi], tail[semi:])
     shape = head + "\x00" + rest  # (NUL never appears in a header: a safe separator)
     known = _VIA_SHAPES.get(shape)
     if known is not None and _BRANCH(branch):
-        return branch, known[0], known[1]
+        return branch, known[0], known[1], shape
     parts = _parse_via(via)
+    if parts is None:
+        return None
     # remembered only when this branch parameter is the one the Via's reading took
     # (not an earlier or a differently spelled one) and is of the kind _BRANCH admits
-    if parts is not None and parts[0] == branch and _BRANCH(branch):
+    if parts[0] == branch and _BRANCH(branch):
         if len(_VIA_SHAPES) >= _VIA_SHAPES_MAX:
             _VIA_SHAPES.clear()
         _VIA_SHAPES[shape] = (parts[1], parts[2])
-    return parts
+        return (*parts, shape)
+    return (*parts, None)
 
 
 _VIA_SHAPES_MAX = 4096
@@ -322,8 +328,29 @@ def stamp_via(req: LeanRegister, host: str, port: int) -> str:
     """The Via with ``received``/``rport`` as ``routing.stamp_via`` adds them."""
     if not req.rport and req.sent_by_host == host.lower():
         return req.via
+    shape = req.via_shape
+    if shape is None:
+        return _stamp(req.via, host, port)
+    # A phone's answer to its challenge has the 401's Via but for the branch: the
+    # stamped text around the branch is kept, per Via shape and source
+    key = (shape, host, port)
+    around = _STAMPS.get(key)
+    if around is None:
+        head, _, rest = shape.partition("\x00")
+        pre, _, post = _stamp(head + ";branch=\x00" + rest, host, port).partition("\x00")
+        around = (pre, post)
+        if len(_STAMPS) >= _VIA_SHAPES_MAX:
+            _STAMPS.clear()
+        _STAMPS[key] = around
+    return around[0] + req.branch + around[1]
+
+
+_STAMPS: dict[tuple[str, str, int], tuple[str, str]] = {}
+
+
+def _stamp(via: str, host: str, port: int) -> str:
     out = []
-    for p in req.via.split(";"):
+    for p in via.split(";"):
         k = p.partition("=")[0].strip(" \t").lower()
         if k == "rport":
             out.append(f"rport={port}")
