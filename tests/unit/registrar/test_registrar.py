@@ -16,6 +16,9 @@ from gateway.sip.peer import FlowId, Peer
 from gateway.state.keys import device_auth
 
 MAC = "0004f2aabbcc"
+# Poly VVX410 firmware 5.9.5: admitted, flagged, an upgrade offered
+BELOW_APPROVED = Verdict(admitted=True, flagged=True, compliance="BELOW_APPROVED",
+                         reason="firmware 5.9.5 below approved 5.9.7", upgrade_to="5.9.7")
 
 
 async def _device(env: Env, mac: str = MAC, **kw: Any) -> tuple[str, str]:
@@ -298,9 +301,7 @@ def test_firmware_rejected_and_flagged(env: Env) -> Deferred[None]:
     env.policy.rules["VVX_410-UA/5.9.4"] = Verdict(
         admitted=False, compliance="BELOW_MINIMUM",
         reason="firmware 5.9.4 below minimum 5.9.5 for Poly VVX410")
-    env.policy.rules["VVX_410-UA/5.9.5"] = Verdict(
-        admitted=True, flagged=True, compliance="BELOW_APPROVED",
-        reason="firmware 5.9.5 below approved 5.9.7", upgrade_to="5.9.7")
+    env.policy.rules["VVX_410-UA/5.9.5"] = BELOW_APPROVED
 
     async def body() -> None:
         user, pw = await _device(env)
@@ -334,9 +335,7 @@ def test_active_registrations_gauge_follows_every_change(env: Env) -> Deferred[N
     """sipgw_registrations_active comes from counts the REGISTER script keeps per
     vendor/model/verdict: a firmware upgrade moves the device between labels, and a
     removal, an expiry, a keep-alive removal or the device's deletion takes it out."""
-    env.policy.rules["VVX_410-UA/5.9.5"] = Verdict(
-        admitted=True, flagged=True, compliance="BELOW_APPROVED",
-        reason="firmware 5.9.5 below approved 5.9.7", upgrade_to="5.9.7")
+    env.policy.rules["VVX_410-UA/5.9.5"] = BELOW_APPROVED
 
     def active(verdict: str) -> float | None:
         return env.registry.get_sample_value(  # type: ignore[no-any-return]
@@ -389,12 +388,10 @@ def test_active_registrations_gauge_follows_every_change(env: Env) -> Deferred[N
 
 
 def test_device_record_follows_the_phone(env: Env) -> Deferred[None]:
-    """The REGISTER script writes only the device fields that changed: a refresh moves
-    last_seen and the verdict's check time and keeps the rest; a firmware upgrade
-    rewrites the verdict; a new source address is remembered for the account."""
-    env.policy.rules["VVX_410-UA/5.9.5"] = Verdict(
-        admitted=True, flagged=True, compliance="BELOW_APPROVED",
-        reason="firmware 5.9.5 below approved 5.9.7", upgrade_to="5.9.7")
+    """What the REGISTER script keeps of the device: a refresh moves last_seen and the
+    verdict's check time and keeps the rest; a firmware upgrade rewrites the verdict; a
+    new source address is remembered for the account."""
+    env.policy.rules["VVX_410-UA/5.9.5"] = BELOW_APPROVED
 
     async def body() -> None:
         user, pw = await _device(env)
