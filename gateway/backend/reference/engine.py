@@ -608,7 +608,13 @@ class CallEngine:
                     lambda: self._no_answer(cid))
         for e in available:
             if e.kind == "teams-desktop":  # simulated clients ring at once
-                call = await self.ringing(cid, e.endpoint_id)
+                try:
+                    call = await self.ringing(cid, e.endpoint_id)
+                except ApiFailure:
+                    # the call moved on before this client rang (its offer went out
+                    # with the record, and someone answered or every branch refused):
+                    # the caller learns that from the events; this is a snapshot
+                    call = await self.get_call(cid)
         return call
 
     async def _call_simulated(self, from_user: str, from_endpoint: str, target: Target,

@@ -17,9 +17,9 @@ from twisted.internet.defer import Deferred
 
 from gateway.backend.client import BackendClient, BackendError, EventStream
 from gateway.backend.directory import default_directory_path, load_directory
-from gateway.backend.reference.engine import EngineConfig, PstnSimulation
+from gateway.backend.reference.engine import CallEngine, EngineConfig, PstnSimulation
 from gateway.backend.reference.server import start_reference_backend
-from gateway.backend.schema import CallCreate, EndpointCreate, Event, Target
+from gateway.backend.schema import Call, CallCreate, EndpointCreate, Event, Target
 from gateway.state.redis import connect
 
 pytestmark = pytest.mark.integration
@@ -162,6 +162,34 @@ async def test_phone_calls_teams_user_and_hangs_up(redis_url: str) -> None:
         assert done.state == "ended"
         ended = await env.expect(ev_is("call.ended", bob_sim.endpoint_id, call.call_id))
         assert ended.reason == "hangup"
+
+
+@run
+async def test_a_teams_client_answering_before_it_rang_does_not_fail_the_call(
+        redis_url: str) -> None:
+    """The offer to a simulated Teams client leaves with the call record, before the
+    client is marked ringing: a client that answers in between (as a quick one did in a
+    B2BUA test) must not turn the caller's POST /v1/calls into a 409."""
+    from twisted.internet import reactor
+
+    class AnswersFirst(CallEngine):
+        async def ringing(self, cid: str, eid: str) -> Call:
+            await self.sim_client_answer(eid, cid)  # the client is quicker than its ring
+            return await super().ringing(cid, eid)
+
+    redis = connect(redis_url)
+    try:
+        engine = AnswersFirst(redis, DIRECTORY, reactor, EngineConfig(ring_timeout=5.0))
+        await engine.add_endpoint(ALICE.oid, EndpointCreate(
+            endpoint_id="alice-desk", device_id="dev-alice-desk", capabilities=("audio",)))
+        bob_sim = await engine.add_sim_client(BOB.upn)
+        call = await engine.create_call(CallCreate(
+            from_user=ALICE.oid, from_endpoint="alice-desk",
+            target=Target(kind="user", value=BOB.upn), sdp_offer=OFFER))
+        assert call.state == "connected" and call.answered_endpoint == bob_sim.endpoint_id
+        await engine.hangup(call.call_id, "alice-desk")
+    finally:
+        await redis.aclose()
 
 
 @run
