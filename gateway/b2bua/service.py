@@ -582,14 +582,19 @@ class B2BUA:
                               headers=[("Contact", out.contact), ("Allow", ALLOW),
                                        *(extra or ())])
 
-    async def _send_provisional(self, out: _Outbound, status: int) -> None:
+    def _ring(self, out: _Outbound) -> None:
+        """The phone's 180, once, when the backend says the callee rings. Nothing to await,
+        so an event stream reader can send it at once."""
+        if out.finished or out.rang:
+            return
+        out.rang = True
         if not out.reliable_1xx:
-            self._respond(out.event.key, self._provisional(out, status))
+            self._respond(out.event.key, self._provisional(out, 180))
             return
         # RFC 3262 §3: reliable provisional, retransmitted until PRACK (T1 doubling)
         out.rseq += 1
         out.pracked.clear()
-        response = self._provisional(out, status,
+        response = self._provisional(out, 180,
                                      [("Require", "100rel"), ("RSeq", str(out.rseq))])
         self._respond(out.event.key, response)
         self._spawn(self._retransmit_1xx(out, response))
@@ -620,9 +625,7 @@ class B2BUA:
         if out.finished:
             return
         if ev.type == "call.ringing":
-            if not out.rang:
-                out.rang = True
-                await self._send_provisional(out, 180)
+            self._ring(out)
         elif ev.type == "call.answered":
             await self._answer_outbound(out, ev.sdp)
         elif ev.type in ("call.rejected", "call.ended", "call.cancelled"):
@@ -1165,12 +1168,8 @@ class B2BUA:
             return
         if ev.type == "call.ringing":
             out = self._out_by_call.get(ev.call_id)
-            if out is not None and ev.endpoint_id == out.endpoint_id and \
-                    not out.reliable_1xx:
-                # an unreliable 180 needs no await: sent now, no task (as _outbound_event)
-                if not out.finished and not out.rang:
-                    out.rang = True
-                    self._respond(out.event.key, self._provisional(out, 180))
+            if out is not None and ev.endpoint_id == out.endpoint_id:
+                self._ring(out)  # nothing to await: no task
                 return
         self._serial[key] = []
         self._spawn(self._dispatch_serial(key, ev))

@@ -188,11 +188,6 @@ class SipMetrics:
             self._tally.inc(child)
 
     def raw_sent(self, transport: str, data: bytes) -> None:
-        if data[:8] == b"SIP/2.0 ":  # a response whose status is known: one lookup
-            child = self._raw_children.get((True, transport, data[:12]))
-            if child is not None:
-                self._tally.inc(child)
-                return
         child = self._raw_child(True, transport, data)
         if child is not None:
             self._tally.inc(child)
@@ -200,11 +195,7 @@ class SipMetrics:
     def request_taken(self, transport: str, method: str) -> None:
         """Count a request a fast path took before anyone parsed it (its method known):
         the same count as ``raw_received`` gives it, without reading the bytes."""
-        key = (False, transport, "request", method, "")
-        child = self._children.get(key)
-        if child is None:
-            child = self._child(False, transport, "request", _method_label(method), "")
-        self._tally.inc(child)
+        self._tally.inc(self._child(False, transport, "request", _method_label(method), ""))
 
     def _raw_child(self, sent: bool, transport: str, data: bytes) -> Counter | None:
         """The counter for a raw message, found by its first word (or status) in one lookup.

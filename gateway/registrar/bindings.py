@@ -451,6 +451,12 @@ end
 return 1
 """
 
+# ARGV: 1 device id (a deleted device is no longer counted as registered)
+UNCOUNT_LUA = _COMMON_LUA + """
+uncount_active(ARGV[1])
+return 1
+"""
+
 _REGISTER_LUA = _COMMON_LUA + """
 local now = tonumber(ARGV[1])
 -- admission (abuse guard, shared by every node): counters, blocks, rate limits

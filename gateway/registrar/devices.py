@@ -19,6 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from gateway.registrar.bindings import UNCOUNT_LUA
 from gateway.sip.digest import compute_ha1
 from gateway.state import keys
 from gateway.state.pipe import LazyPipe, run_commands
@@ -183,6 +184,7 @@ class DeviceStore:
         # An INVITE reads its caller's device: over the pipelined connection where the
         # store is plain Redis/Valkey, as the registrar's hot path does.
         self._pipe = LazyPipe()
+        self._uncount = redis.register_script(UNCOUNT_LUA)
 
     async def close(self) -> None:
         await self._pipe.close()
@@ -266,10 +268,8 @@ class DeviceStore:
             return False
         username = _s(h, "sip_username")
         aor = f"sip:{username}@{_s(h, 'realm')}"
-        labels = await self.redis.smembers(keys.active_labels())
         pipe = self.redis.pipeline(transaction=True)
-        for label in labels:  # no longer counted as registered
-            pipe.zrem(keys.active(label.decode()), device_id)
+        await self._uncount(args=[device_id], client=pipe)  # the register script's own
         pipe.delete(keys.device(device_id), keys.device_auth(username), keys.bindings(aor),
                     keys.binding_expiry(aor))
         pipe.zrem(keys.devices_seen(), device_id)

@@ -48,7 +48,6 @@ from gateway.registrar.registrar import (
     _Ctx,
     _q_value,
     _Reject,
-    _tag,
 )
 from gateway.sip.digest import DigestCredentials, DigestError, NonceCheck, NonceStatus
 from gateway.sip.errors import SipParseError
@@ -64,6 +63,7 @@ from gateway.sip.lean import (
 from gateway.sip.message import ParseFailure, SipRequest, SipResponse, parse_message
 from gateway.sip.peer import Peer
 from gateway.sip.routing import stamp_request
+from gateway.sip.stack import new_tag
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ class FastLane:
                                   for n, v in self._overload.refusal("REGISTER"))
                 self._send(render_response(
                     req, stamp_via(req, peer.host, peer.port), 503, "Service Unavailable",
-                    _tag(), headers + self._server_line), peer)
+                    new_tag(), headers + self._server_line), peer)
                 return True
             reg._admit_locally(peer.host, now)  # _Reject: the general path refuses it
             reg._prefetch(req.to_user, now)
@@ -358,13 +358,13 @@ class FastLane:
                         for ch in reg.auth.challenges(now, stale=stale))
         reg._count_status(401)
         self._send(render_response(req, stamp_via(req, peer.host, peer.port), 401,
-                                   "Unauthorized", _tag(), lines + self._server_line), peer)
+                                   "Unauthorized", new_tag(), lines + self._server_line), peer)
 
     def _reply(self, req: LeanRegister, peer: Peer, key: tuple[str, str, int], now: float,
                status: int, reason: str, headers: str) -> None:
         self.registrar._count_status(status)
         data = render_response(req, stamp_via(req, peer.host, peer.port), status, reason,
-                               _tag(), headers + self._server_line)
+                               new_tag(), headers + self._server_line)
         self.replays.put(key, data, now)
         self._send(data, peer)
 

@@ -47,7 +47,7 @@ from gateway.sip.errors import SipParseError
 from gateway.sip.headers import NameAddr
 from gateway.sip.message import SipRequest, SipResponse, build_response
 from gateway.sip.peer import Peer
-from gateway.sip.randomness import POOL
+from gateway.sip.stack import new_tag
 from gateway.sip.uri import Uri
 from gateway.state import keys
 from gateway.state.pipe import run_commands
@@ -468,9 +468,9 @@ class Registrar:
         counts: dict[tuple[str, ...], int] = {}
         if labels:
             pipe = self.redis.pipeline(transaction=False)
-            for label in labels:
+            for label in labels:  # what expired is trimmed; the rest is live
                 pipe.zremrangebyscore(keys.active(label), "-inf", repr(now))
-                pipe.zcount(keys.active(label), f"({now!r}", "+inf")
+                pipe.zcard(keys.active(label))
             replies = await pipe.execute()
             for label, n in zip(labels, replies[1::2], strict=True):
                 parts = tuple(p or "unknown" for p in label.split("\t"))
@@ -842,7 +842,7 @@ class Registrar:
 
     def _challenge(self, request: SipRequest, now: float, *, stale: bool = False) -> SipResponse:
         headers = [("WWW-Authenticate", ch) for ch in self.auth.challenges(now, stale=stale)]
-        return build_response(request, 401, to_tag=_tag(), headers=headers)
+        return build_response(request, 401, to_tag=new_tag(), headers=headers)
 
     def _fail(self, request: SipRequest, status: int, warning: str,
               headers: list[tuple[str, str]] | None = None) -> SipResponse:
@@ -850,13 +850,13 @@ class Registrar:
         hs = list(headers or [])
         hs.append(("Warning", f'399 {self.auth.realm} "{_ascii(warning)}"'))
         try:
-            return build_response(request, status, to_tag=_tag(), headers=hs)
+            return build_response(request, status, to_tag=new_tag(), headers=hs)
         except SipParseError:
             return build_response(request, status, headers=hs)
 
     def _ok(self, request: SipRequest, bindings: list[Binding], now: float, *,
             outbound: bool, path: list[str]) -> SipResponse:
-        return build_response(request, 200, to_tag=_tag(),
+        return build_response(request, 200, to_tag=new_tag(),
                               headers=self.ok_headers(bindings, now, outbound=outbound,
                                                       path=path))
 
@@ -878,10 +878,6 @@ class Registrar:
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-def _tag() -> str:
-    return POOL.hex(6)
-
 
 def _unescape(user: str) -> str:
     return unquote(user) if "%" in user else user

@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.sip.memo import remember_as
 from gateway.sip.randomness import POOL
 
 __all__ = [
@@ -72,17 +73,13 @@ def _hash(algorithm: str, text: str) -> str:
 
 # H(method:uri) is the same for every REGISTER a fleet sends to one realm
 _HA2: dict[tuple[str, str, str], str] = {}
-_HA2_MAX = 1024
 
 
 def _ha2(algorithm: str, method: str, uri: str) -> str:
     key = (algorithm, method, uri)
     ha2 = _HA2.get(key)
     if ha2 is None:
-        ha2 = _hash(algorithm, f"{method}:{uri}")
-        if len(_HA2) >= _HA2_MAX:
-            _HA2.clear()
-        _HA2[key] = ha2
+        ha2 = remember_as(_HA2, key, _hash(algorithm, f"{method}:{uri}"), 1024)
     return ha2
 
 
@@ -417,6 +414,7 @@ class NonceCheck:
 _NONCE_RANDOM = 12
 _NONCE_MAC = 16
 _NONCE_LEN = 8 + _NONCE_RANDOM + _NONCE_MAC
+NONCE_TEXT_LEN = 4 * _NONCE_LEN // 3  # its URL-safe base64 (36 bytes: no padding)
 
 
 class NonceFactory:
@@ -451,7 +449,7 @@ class NonceFactory:
         return base64.urlsafe_b64encode(head + self._mac(self._secrets[0], head)).decode("ascii")
 
     def check(self, nonce: str, now: float) -> NonceCheck:
-        if len(nonce) != 48:  # base64 of 36 bytes, no padding
+        if len(nonce) != NONCE_TEXT_LEN:
             return NonceCheck(NonceStatus.INVALID)
         try:
             raw = base64.urlsafe_b64decode(nonce.encode("ascii"))

@@ -29,6 +29,7 @@ from gateway.sip.headers import (
     NameAddr,
     canonical_name,
 )
+from gateway.sip.memo import remember, remember_as
 from gateway.sip.message import (
     _CALL_ID_RE,
     _DATE_RE,
@@ -38,7 +39,6 @@ from gateway.sip.message import (
     _VALID_CONTACT,
     MAX_HEADERS,
     _check_contacts,
-    _remember,
 )
 from gateway.sip.uri import Uri
 
@@ -191,7 +191,7 @@ def _request_line_ok(start: str) -> bool:
             return False
     except SipParseError:
         return False
-    _remember(_REQUEST_LINES, start)
+    remember(_REQUEST_LINES, start)
     return True
 
 
@@ -204,7 +204,7 @@ def _address_ok(value: str) -> bool:
             NameAddr.parse(value)
         except SipParseError:
             return False
-    _remember(_VALID_ADDR, value)
+    remember(_VALID_ADDR, value)
     return True
 
 
@@ -213,7 +213,7 @@ def _call_id_ok(value: str) -> bool:
         return True
     if _CALL_ID_RE.fullmatch(value) is None:
         return False
-    _remember(_VALID_CALL_ID, value)
+    remember(_VALID_CALL_ID, value)
     return True
 
 
@@ -254,9 +254,7 @@ def _read_via(via: str) -> tuple[str, str, bool, str | None] | None:
     # remembered only when this branch parameter is the one the Via's reading took
     # (not an earlier or a differently spelled one) and is of the kind _BRANCH admits
     if parts[0] == branch and _BRANCH(branch):
-        if len(_VIA_SHAPES) >= _VIA_SHAPES_MAX:
-            _VIA_SHAPES.clear()
-        _VIA_SHAPES[shape] = (parts[1], parts[2])
+        remember_as(_VIA_SHAPES, shape, (parts[1], parts[2]), _VIA_SHAPES_MAX)
         return (*parts, shape)
     return (*parts, None)
 
@@ -295,11 +293,7 @@ def _to_user(to: str) -> str | None:
         return _TO_USERS[to]
     except KeyError:
         pass
-    user = _read_to_user(to)
-    if len(_TO_USERS) >= 8192:
-        _TO_USERS.clear()
-    _TO_USERS[to] = user
-    return user
+    return remember_as(_TO_USERS, to, _read_to_user(to))
 
 
 def _read_to_user(to: str) -> str | None:
@@ -338,10 +332,7 @@ def stamp_via(req: LeanRegister, host: str, port: int) -> str:
     if around is None:
         head, _, rest = shape.partition("\x00")
         pre, _, post = _stamp(head + ";branch=\x00" + rest, host, port).partition("\x00")
-        around = (pre, post)
-        if len(_STAMPS) >= _VIA_SHAPES_MAX:
-            _STAMPS.clear()
-        _STAMPS[key] = around
+        around = remember_as(_STAMPS, key, (pre, post), _VIA_SHAPES_MAX)
     return around[0] + req.branch + around[1]
 
 

@@ -48,6 +48,7 @@ from gateway.sip.headers import (
     parse_header_params,
     split_comma,
 )
+from gateway.sip.memo import remember as _remember
 from gateway.sip.uri import Uri, split_hostport
 
 MAX_MESSAGE_SIZE = 65535
@@ -422,13 +423,6 @@ _LINE_CACHE_MAX_LEN = 256
 _VALID_ADDR: set[str] = set()
 _VALID_CONTACT: set[str] = set()  # whole Contact lines (may hold several addresses)
 _VALID_CALL_ID: set[str] = set()
-_VALID_MAX = 8192
-
-
-def _remember(valid: set[str], value: str) -> None:
-    if len(valid) >= _VALID_MAX:
-        valid.clear()
-    valid.add(value)
 
 
 _ODD_LINE = "folded line, bare CR or bare LF"

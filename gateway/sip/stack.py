@@ -20,7 +20,6 @@ Nothing a peer sends makes it raise; misuse by the local TU raises
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field
 
 from gateway.sip.errors import LocalProtocolError, SipError, SipParseError
@@ -45,6 +44,7 @@ from gateway.sip.message import (
     parse_message,
 )
 from gateway.sip.peer import FlowId, Peer
+from gateway.sip.randomness import POOL
 from gateway.sip.routing import fallback_response_peer, response_peer, stamp_request
 from gateway.sip.timers import TimerConfig, TimerHeap
 from gateway.sip.transaction import (
@@ -82,12 +82,12 @@ class StackConfig:
 
 def new_branch() -> str:
     """A fresh RFC 3261 branch: the magic cookie plus 96 random bits (§8.1.1.7)."""
-    return MAGIC_COOKIE + secrets.token_urlsafe(12)
+    return MAGIC_COOKIE + POOL.urlsafe(12)
 
 
 def new_tag() -> str:
     """A fresh From/To tag with 64 random bits (§19.3)."""
-    return secrets.token_urlsafe(8)
+    return POOL.urlsafe(8)
 
 
 def _top_via(msg: SipMessage) -> Via | None:

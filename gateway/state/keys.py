@@ -10,6 +10,8 @@ import functools
 import hashlib
 import re
 
+from gateway.sip.digest import NONCE_TEXT_LEN
+
 PREFIX = "sipgw:"
 
 
@@ -62,10 +64,10 @@ def active_labels() -> str:
     return f"{PREFIX}reg:active-labels"
 
 
-# The registrar's own nonces (48 characters of URL-safe base64, checked before any nc is
+# The registrar's own nonces (URL-safe base64 of a fixed length, checked before any nc is
 # counted) name their key as they are: hashing a value never seen again only churned
 # the hash memory above. Anything else is hashed like other peer-controlled text.
-_OWN_NONCE = re.compile(r"[A-Za-z0-9_-]{48}").fullmatch
+_OWN_NONCE = re.compile(rf"[A-Za-z0-9_-]{{{NONCE_TEXT_LEN}}}").fullmatch
 
 
 def nonce_count(nonce: str) -> str:

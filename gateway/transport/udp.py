@@ -8,7 +8,6 @@ which socket. No SIP rules live here.
 from __future__ import annotations
 
 import errno
-import logging
 import socket
 import sys
 from collections.abc import Callable
@@ -16,10 +15,11 @@ from typing import Any, Protocol
 
 from twisted.internet.error import MessageLengthError
 from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
 
 from gateway.sip.peer import Peer
 
-log = logging.getLogger(__name__)
+log = Logger(namespace="sipgw.transport")  # the driver's
 
 # RFC 3261 §18.1.1 lets UDP carry up to 65535 bytes; Twisted's default read size is 8192.
 MAX_DATAGRAM = 65535
@@ -94,13 +94,14 @@ class SipDatagramProtocol(DatagramProtocol):
             except ConnectionRefusedError:
                 continue  # ICMP for an earlier datagram: meaningless on unconnected UDP
             except OSError as e:
-                log.warning("UDP read on %s:%d failed: %s", self.host, self.port, e)
+                log.warn("UDP read on {host}:{port} failed: {error}", host=self.host,
+                         port=self.port, error=str(e))
                 return
             budget -= len(data)
             try:
                 self.datagramReceived(data, addr)
             except Exception:  # noqa: BLE001 - one datagram's failure must not stop the rest
-                log.exception("UDP datagram from %s failed", addr)
+                log.failure("UDP datagram from {addr} failed", addr=addr)
 
     def startProtocol(self) -> None:  # noqa: N802 - Twisted API
         # The hot path writes to the socket itself: Twisted's Port.write re-validates the

@@ -143,6 +143,11 @@ def steal_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, 
     return (after[core][0] - before[core][0]) / total if total > 0 else None
 
 
+def steal_text(shares: Collection[float | None]) -> str:
+    """Steal shares as the benches print them: "1%/24%" (server core/load core)."""
+    return "/".join("?" if x is None else f"{100 * x:.0f}%" for x in shares)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process and its descendants (shared pages counted per process)."""
     total = 0

@@ -66,6 +66,7 @@ from harness import (  # noqa: E402
     pin_prefix,
     rss_bytes,
     steal_share,
+    steal_text,
 )
 
 PYTHON = sys.executable
@@ -131,10 +132,7 @@ class Step:
                 f"{'ok' if self.passed else 'FAIL'}")
 
     def steal_text(self) -> str:
-        if self.steal == (None, None):
-            return ""
-        return "steal " + "/".join("?" if s is None else f"{100 * s:.0f}%"
-                                   for s in self.steal) + "  "
+        return "" if self.steal == (None, None) else f"steal {steal_text(self.steal)}  "
 
 
 @dataclass

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import redis as redis_sync
 
-from tests.bench.harness import cpu_ticks, steal_share
+from tests.bench.harness import cpu_seconds, cpu_ticks, steal_share, steal_text
 
 from ..gateway_process import GatewayProcess
 from .helpers import HERE, UdpPhone, overrides, provision, write_csv
@@ -60,15 +60,6 @@ def _probe(host: str, port: int, user: str, pw: str, stop: threading.Event,
             stop.wait(0.02)
     finally:
         phone.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process so far (Linux /proc), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _lane_counts(url: str) -> dict[str, float]:
@@ -169,7 +160,9 @@ def main() -> int:
                          "-d", str(int(args.seconds)), "-p", str(gw.proc.pid)],  # type: ignore
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 started = time.monotonic()
-                cpu0 = (_cpu_seconds(gw_pid), sum(_cpu_seconds(p) for p in store_pids))
+                # the gateway process alone (its stores skipped), and its stores
+                cpu0 = (cpu_seconds(gw_pid, store_pids),
+                        sum(cpu_seconds(p) for p in store_pids))
                 ticks0 = cpu_ticks()
                 run = subprocess.run(
                     ["taskset", "-c", "1", "sipp", "-sf", str(HERE / "register_uac.xml"),
@@ -181,10 +174,9 @@ def main() -> int:
                     capture_output=True, text=True, cwd=tmp, timeout=args.seconds * 4 + 30)
                 elapsed = time.monotonic() - started
                 ticks1 = cpu_ticks()
-                steal = "/".join(f"{100 * (steal_share(ticks0, ticks1, c) or 0):.0f}%"
-                                 for c in (0, 1))
-                cpu_gw = (_cpu_seconds(gw_pid) - cpu0[0]) / elapsed
-                cpu_kv = (sum(_cpu_seconds(p) for p in store_pids) - cpu0[1]) / elapsed
+                steal = steal_text([steal_share(ticks0, ticks1, c) for c in (0, 1)])
+                cpu_gw = (cpu_seconds(gw_pid, store_pids) - cpu0[0]) / elapsed
+                cpu_kv = (sum(cpu_seconds(p) for p in store_pids) - cpu0[1]) / elapsed
                 stop.set()
                 t.join(10)
                 if spy is not None:

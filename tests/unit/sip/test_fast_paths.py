@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.sip import memo
 from gateway.sip import message as message_module
 from gateway.sip import timers as timers_module
 from gateway.sip.digest import DigestError, _parse_auth_params, parse_auth_params
@@ -84,7 +85,7 @@ def test_line_cache_stays_bounded_and_correct() -> None:
         assert len(message_module._LINE_CACHE) <= limit
     for valid in (message_module._VALID_ADDR, message_module._VALID_CALL_ID,
                   message_module._VALID_CONTACT):
-        assert len(valid) <= message_module._VALID_MAX
+        assert len(valid) <= memo.LIMIT
 
 
 def test_long_lines_are_not_cached() -> None:

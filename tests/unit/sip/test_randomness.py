@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 from gateway.sip.randomness import POOL, RandomPool
@@ -14,7 +15,8 @@ def test_bytes_are_never_handed_out_twice_across_refills() -> None:
     assert all(len(t) == 6 for t in taken)
     assert len(set(taken)) == len(taken)  # 48-bit values: a repeat means reuse
     assert len(pool.take(100)) == 100  # larger than a block: straight from the OS
-    assert len(pool.hex(6)) == 12 and int(pool.hex(6), 16) >= 0
+    tag = pool.urlsafe(8)  # secrets.token_urlsafe's form: 11 token characters for 8 bytes
+    assert re.fullmatch(r"[A-Za-z0-9_-]{11}", tag) and tag != pool.urlsafe(8)
 
 
 def test_threads_never_share_bytes() -> None:
